@@ -1,0 +1,163 @@
+"""Smolite model configuration."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.modeling_rope_utils import RopeParameters
+
+
+@strict
+class SmoliteConfig(PreTrainedConfig):
+    r"""
+    Configuration of a Smolite model: a small decoder-only transformer for Korean everyday chat.
+
+    The defaults are the released "Small" size of the original Keras model (vocabulary 72000, hidden 256, 6 blocks,
+    8 heads, SwiGLU inner size 1024, a window of 100 positions). Field names follow transformers; the original Keras
+    constructor names are accepted as aliases and can be read back under either name:
+
+    | original (Keras) | here |
+    |---|---|
+    | `d_model` | `hidden_size` |
+    | `n_layers` | `num_hidden_layers` |
+    | `num_heads` | `num_attention_heads` |
+    | `d_ff` | `intermediate_size` |
+    | `seq_len`, `max_len` | `max_position_embeddings` |
+    | `dropout_rate` | `hidden_dropout` |
+    | `adapter_dim` | `adapter_size` |
+    | `layer_norm_epsilon` | `layer_norm_eps` |
+
+    Args:
+        vocab_size: number of SentencePiece pieces.
+        hidden_size: width of the residual stream.
+        num_hidden_layers: number of decoder blocks.
+        num_attention_heads: attention heads; `hidden_size` must be a multiple of it.
+        intermediate_size: SwiGLU inner size (the value and the gate are each this wide).
+        max_position_embeddings: the window the model was trained on (positions `0 .. max_position_embeddings - 1`).
+        adapter_size: width of the residual bottleneck adapter on the attention output.
+        hidden_dropout: dropout on the attention output (before the adapter) and on the feed-forward output.
+        attention_dropout: dropout on the attention probabilities (the original uses none).
+        layer_norm_eps: epsilon of every LayerNorm.
+        rope_parameters: rotary settings; `rope_theta` (legacy keyword accepted) is the base, 10000 by default.
+        initializer_range: standard deviation of the normal initialisation of linear and embedding weights.
+        label_smoothing: epsilon of the label-smoothed cross entropy the model computes when given `labels`.
+        tie_word_embeddings: the output projection is the embedding matrix (as in the original).
+        pad_token_id, bos_token_id, sep_token_id, eos_token_id, unk_token_id: ids of `<pad>`, `<start>`, `<sep>`,
+            `<end>` and `<unk>`. The converter reads them from the tokenizer when one is given.
+
+    Example:
+
+    ```python
+    >>> from smolite_hf import SmoliteConfig, SmoliteForCausalLM
+    >>> config = SmoliteConfig(d_model=64, n_layers=2, num_heads=4, d_ff=128, vocab_size=1000)
+    >>> config.hidden_size, config.d_model
+    (64, 64)
+    >>> model = SmoliteForCausalLM(config)
+    ```
+    """
+
+    model_type = "smolite"
+    keys_to_ignore_at_inference = ["cache"]
+    attribute_map = {
+        "d_model": "hidden_size",
+        "n_layers": "num_hidden_layers",
+        "num_heads": "num_attention_heads",
+        "d_ff": "intermediate_size",
+        "seq_len": "max_position_embeddings",
+        "max_len": "max_position_embeddings",
+        "dropout_rate": "hidden_dropout",
+        "adapter_dim": "adapter_size",
+        "layer_norm_epsilon": "layer_norm_eps",
+    }
+    base_model_tp_plan = {
+        "layers.*.self_attn.q_proj": "colwise",
+        "layers.*.self_attn.k_proj": "colwise",
+        "layers.*.self_attn.v_proj": "colwise",
+        "layers.*.self_attn.o_proj": "rowwise",
+        "layers.*.mlp.gate_proj": "colwise",
+        "layers.*.mlp.up_proj": "colwise",
+        "layers.*.mlp.down_proj": "rowwise",
+    }
+
+    vocab_size: int = 72000
+    hidden_size: int = 256
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 8
+    intermediate_size: int = 1024
+    max_position_embeddings: int = 100
+    adapter_size: int = 64
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+    rope_parameters: RopeParameters | dict | None = None
+    initializer_range: float = 0.02
+    label_smoothing: float = 0.1
+    use_cache: bool = True
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = 0
+    unk_token_id: int | None = 1
+    bos_token_id: int | None = 2
+    sep_token_id: int | None = 3
+    eos_token_id: int | list[int] | None = 4
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)  # applies the Keras aliases given as keywords, folds `rope_theta`
+        self._check_values()
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_key_value_heads(self) -> int:
+        return self.num_attention_heads
+
+    def _field(self, name: str) -> str:
+        """`hidden_size (d_model)`: the field's name with its Keras aliases, for error messages."""
+        aliases = [alias for alias, canonical in self.attribute_map.items() if canonical == name]
+        return f"{name} ({', '.join(aliases)})" if aliases else name
+
+    def _check_values(self):
+        sizes = (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "adapter_size",
+        )
+        for name in sizes:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"SmoliteConfig.{self._field(name)} must be a positive integer, got {value!r}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"SmoliteConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}); the head size would be {self.hidden_size / self.num_attention_heads}."
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"SmoliteConfig: the head size hidden_size / num_attention_heads = {self.head_dim} must be even "
+                "(rotary embeddings rotate pairs of features)."
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"SmoliteConfig.label_smoothing must be in [0, 1), got {self.label_smoothing!r}.")
+        for name in ("hidden_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"SmoliteConfig.{self._field(name)} must be in [0, 1), got {value!r}.")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"SmoliteConfig.layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
+        for name in ("pad_token_id", "unk_token_id", "bos_token_id", "sep_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            for token_id in value if isinstance(value, list) else [value]:
+                if token_id is not None and not 0 <= token_id < self.vocab_size:
+                    raise ValueError(
+                        f"SmoliteConfig.{name} = {token_id} is outside the vocabulary [0, {self.vocab_size})."
+                    )
+
+    def validate_architecture(self):
+        """Re-checked by `@strict` when the config is saved, after fields may have been changed by assignment."""
+        self._check_values()
+
+
+__all__ = ["SmoliteConfig"]

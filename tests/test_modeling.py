@@ -1,0 +1,209 @@
+"""Shared transformers behaviours on a tiny random Smolite."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from smolite_hf import SmoliteForCausalLM, SmoliteModel
+from smolite_hf.modeling_smolite import label_smoothed_causal_lm_loss
+
+from .conftest import tiny_config
+
+PROMPTS = [[2, 17, 33, 8, 91, 3], [2, 45, 3], [2, 60, 61, 62, 3]]
+
+
+def left_padded(prompts, pad_id=0):
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+def test_default_attention_is_sdpa(tiny_model):
+    assert tiny_model.config._attn_implementation == "sdpa"
+
+
+def test_embedding_and_head_are_tied(tiny_model):
+    assert tiny_model.lm_head.weight is tiny_model.model.embed_tokens.weight
+    assert SmoliteForCausalLM._tied_weights_keys == {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+def test_cached_step_by_step_decoding_equals_full_forward(tiny_model):
+    ids = torch.randint(5, 99, (2, 12))
+    with torch.no_grad():
+        full = tiny_model(ids).logits
+        cache = DynamicCache(config=tiny_model.config)
+        out = tiny_model(ids[:, :5], cache=cache, use_cache=True)
+        steps = [out.logits]
+        for t in range(5, 12):
+            out = tiny_model(ids[:, t : t + 1], cache=out.cache, use_cache=True)
+            steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_batch_equals_single_sequences(tiny_model):
+    ids, mask = left_padded(PROMPTS)
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        batched = tiny_model(ids, attention_mask=mask, position_ids=position_ids).logits
+        for row, prompt in enumerate(PROMPTS):
+            single = tiny_model(torch.tensor([prompt])).logits[0]
+            torch.testing.assert_close(batched[row, -len(prompt) :], single, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_cached_generation_equals_one_by_one(tiny_model):
+    ids, mask = left_padded(PROMPTS)
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        batched = tiny_model.generate(ids, attention_mask=mask, **kwargs)[:, ids.shape[1] :]
+        for row, prompt in enumerate(PROMPTS):
+            single = tiny_model.generate(torch.tensor([prompt]), **kwargs)[0, len(prompt) :]
+            assert batched[row].tolist() == single.tolist()
+
+
+def test_generation_with_cache_equals_without(tiny_model):
+    prompt = torch.tensor([PROMPTS[0]])
+    kwargs = dict(max_new_tokens=20, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        cached = tiny_model.generate(prompt, use_cache=True, **kwargs)
+        uncached = tiny_model.generate(prompt, use_cache=False, **kwargs)
+    assert cached.tolist() == uncached.tolist()
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_sdpa_equals_eager(tiny_model, padded):
+    ids, mask = left_padded(PROMPTS) if padded else (torch.randint(5, 99, (2, 10)), None)
+    eager = copy.deepcopy(tiny_model)
+    eager.set_attn_implementation("eager")
+    assert eager.config._attn_implementation == "eager" and tiny_model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        sdpa_logits = tiny_model(ids, attention_mask=mask).logits
+        eager_logits = eager(ids, attention_mask=mask).logits
+    if mask is not None:  # fully masked query rows (left pads) are undefined; compare real positions
+        sdpa_logits, eager_logits = sdpa_logits[mask.bool()], eager_logits[mask.bool()]
+    torch.testing.assert_close(sdpa_logits, eager_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_checkpointing_leaves_loss_and_gradients_unchanged(tiny_model):
+    ids = torch.randint(5, 99, (2, 10))
+    labels = ids.clone()
+    labels[:, :4] = -100
+
+    def loss_and_grads(model):
+        model.train()
+        model.zero_grad()
+        loss = model(ids, labels=labels).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain_loss, plain_grads = loss_and_grads(tiny_model)
+    checkpointed = copy.deepcopy(tiny_model)
+    checkpointed.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in checkpointed.model.layers)
+    ckpt_loss, ckpt_grads = loss_and_grads(checkpointed)
+    torch.testing.assert_close(ckpt_loss, plain_loss)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_save_and_load_round_trip(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is SmoliteForCausalLM
+    assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
+    ids = torch.randint(5, 99, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, tiny_model(ids).logits, atol=0, rtol=0)
+    # the non-persistent rotary buffers are recomputed on load, not left as uninitialised memory
+    torch.testing.assert_close(reloaded.model.rotary_emb.inv_freq, tiny_model.model.rotary_emb.inv_freq)
+
+
+def test_backbone_loads_from_a_causal_lm_folder(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    backbone = SmoliteModel.from_pretrained(tmp_path).eval()
+    ids = torch.randint(5, 99, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(ids).last_hidden_state, tiny_model.model(ids).last_hidden_state)
+
+
+def test_hidden_states_and_attentions_are_returned(tiny_model):
+    tiny_model.set_attn_implementation("eager")
+    ids = torch.randint(5, 99, (2, 9))
+    with torch.no_grad():
+        out = tiny_model(ids, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == tiny_model.config.num_hidden_layers + 1
+    torch.testing.assert_close(out.hidden_states[0], tiny_model.model.embed_tokens(ids))
+    assert len(out.attentions) == tiny_model.config.num_hidden_layers
+    attention = out.attentions[0]
+    assert attention.shape == (2, 4, 9, 9)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2, 4, 9))
+    assert torch.all(attention.triu(diagonal=1) == 0)  # causal
+
+
+def test_tuple_output(tiny_model):
+    ids = torch.randint(5, 99, (1, 6))
+    with torch.no_grad():
+        as_tuple = tiny_model(ids, return_dict=False)
+        as_dict = tiny_model(ids)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.logits)
+
+
+def test_logits_to_keep(tiny_model):
+    ids = torch.randint(5, 99, (2, 9))
+    with torch.no_grad():
+        full = tiny_model(ids).logits
+        last = tiny_model(ids, logits_to_keep=1).logits
+    assert last.shape == (2, 1, 99)
+    torch.testing.assert_close(last, full[:, -1:], atol=1e-6, rtol=1e-6)
+
+
+def test_resize_token_embeddings_keeps_tying(tiny_model):
+    old = tiny_model.model.embed_tokens.weight.detach().clone()
+    tiny_model.resize_token_embeddings(120)
+    assert tiny_model.config.vocab_size == 120
+    assert tiny_model.lm_head.weight is tiny_model.model.embed_tokens.weight
+    assert tiny_model.model.embed_tokens.weight.shape == (120, 32)
+    torch.testing.assert_close(tiny_model.model.embed_tokens.weight[:99], old)
+    with torch.no_grad():
+        assert tiny_model(torch.tensor([[5, 110]])).logits.shape == (1, 2, 120)
+
+
+def test_dropout_is_active_only_in_training():
+    torch.manual_seed(0)
+    model = SmoliteForCausalLM(tiny_config(hidden_dropout=0.5))
+    ids = torch.randint(5, 99, (1, 8))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model(ids).logits)
+        model.train()
+        assert not torch.equal(model(ids).logits, model(ids).logits)
+
+
+def test_loss_is_a_token_level_mean_of_smoothed_cross_entropy():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[-100, 3, 4, -100, -100], [-100, -100, 7, 8, 9]])
+    eps = 0.1
+    # by hand: position t predicts labels[t + 1]; (1 - eps) * NLL + eps * mean(-log p) per target, mean over 5 targets
+    log_probs = logits.log_softmax(-1)
+    terms = []
+    for b in range(2):
+        for t in range(4):
+            target = labels[b, t + 1].item()
+            if target != -100:
+                terms.append(-(1 - eps) * log_probs[b, t, target] - eps * log_probs[b, t].mean())
+    expected = torch.stack(terms).mean()
+    loss = label_smoothed_causal_lm_loss(logits, labels, vocab_size=11, label_smoothing=eps)
+    torch.testing.assert_close(loss, expected)
+    # with the Trainer's count over several micro-batches, the sum is divided by that count
+    summed = label_smoothed_causal_lm_loss(logits, labels, vocab_size=11, label_smoothing=eps, num_items_in_batch=20)
+    torch.testing.assert_close(summed, expected * 5 / 20)
+
+
+def test_loss_without_any_target_is_zero(tiny_model):
+    ids = torch.randint(5, 99, (1, 6))
+    loss = tiny_model(ids, labels=torch.full_like(ids, -100)).loss
+    assert loss.item() == 0.0
