@@ -341,7 +341,32 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
         self.model = SmoliteModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._decoding_head: torch.Tensor | None = None
         self.post_init()
+
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`, with a `(d, V)` copy of the output head held for the duration of the call.
+
+        On CPU a matrix-vector product against the `(V, d)` head weight runs about 3x slower than against its
+        contiguous transpose (which reaches the memory-bandwidth bound), and it dominates every decoding step. The
+        weights cannot change during one `generate` call, so the copy is made when it starts (a few ms) and dropped
+        when it returns.
+        """
+        weight = self.lm_head.weight
+        if self._decoding_head is not None or weight.device.type != "cpu" or type(self.lm_head) is not nn.Linear:
+            return super().generate(*args, **kwargs)  # nested call, accelerator, or a wrapped/quantised head
+        self._decoding_head = weight.detach().t().contiguous()
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            self._decoding_head = None
+
+    def _output_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        decoding_head = self._decoding_head
+        rows = hidden_states.shape[0] * hidden_states.shape[1]
+        if decoding_head is None or rows > 64 or torch.is_grad_enabled():
+            return self.lm_head(hidden_states)
+        return torch.matmul(hidden_states, decoding_head)  # (B, T, d) @ (d, V)
 
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     @can_return_tuple
@@ -389,7 +414,7 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
         )
 
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)  # (B, T_kept, V)
+        logits = self._output_logits(hidden_states)  # (B, T_kept, V)
 
         loss = None
         if labels is not None or kwargs.get("shift_labels") is not None:

@@ -207,3 +207,33 @@ def test_loss_without_any_target_is_zero(tiny_model):
     ids = torch.randint(5, 99, (1, 6))
     loss = tiny_model(ids, labels=torch.full_like(ids, -100)).loss
     assert loss.item() == 0.0
+
+
+def test_generate_logits_equal_plain_forward_logits(tiny_model):
+    """generate() multiplies by a transposed copy of the head on CPU: its logits must equal the head's own."""
+    prompt = torch.tensor([PROMPTS[0]])
+    with torch.no_grad():
+        out = tiny_model.generate(
+            prompt, max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None,
+            return_dict_in_generate=True, output_logits=True,
+        )
+        full = tiny_model(out.sequences).logits[0]  # outside generate: the plain lm_head
+    steps = torch.stack([logits[0] for logits in out.logits])  # logits that chose new tokens 1..10
+    torch.testing.assert_close(steps, full[len(PROMPTS[0]) - 1 : -1], atol=1e-5, rtol=1e-5)
+    assert tiny_model._decoding_head is None  # the copy lives only during the call
+
+
+def test_decoding_head_copy_is_released_when_generate_fails(tiny_model):
+    with pytest.raises(Exception):
+        tiny_model.generate(torch.tensor([[2, 5]]), max_new_tokens=3, do_sample=False, bad_argument_xyz=1)
+    assert tiny_model._decoding_head is None
+
+
+def test_generate_sees_weights_changed_between_calls(tiny_model):
+    prompt = torch.tensor([PROMPTS[1]])
+    kwargs = dict(max_new_tokens=1, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        tiny_model.generate(prompt, **kwargs)
+        last_hidden = tiny_model(prompt, output_hidden_states=True).hidden_states[-1][0, -1]
+        tiny_model.lm_head.weight.data[7] = 100.0 * last_hidden  # through .data, as PEFT's merge does
+        assert tiny_model.generate(prompt, **kwargs)[0, -1].item() == 7
