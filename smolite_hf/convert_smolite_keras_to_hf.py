@@ -356,6 +356,7 @@ def convert_keras_to_hf(
     keras_weights: str | os.PathLike,
     output_dir: str | os.PathLike,
     *,
+    tokenizer: str | os.PathLike | None = None,
     overwrite: bool = False,
     max_position_embeddings: int = 100,
     **config_kwargs,
@@ -363,7 +364,9 @@ def convert_keras_to_hf(
     """Convert a Keras `*.weights.h5` file into a folder that `AutoModelForCausalLM.from_pretrained` loads.
 
     Writes `config.json`, `model.safetensors`, `generation_config.json` and the model's source files (for
-    `trust_remote_code` loading). Extra keyword arguments go to `SmoliteConfig` (for example special-token ids).
+    `trust_remote_code` loading). With `tokenizer` (the original SentencePiece `.model`), the folder also gets the
+    converted tokenizer (`AutoTokenizer` loads it), and the special-token ids in the config are read from it; its
+    vocabulary must have the weights' size. Extra keyword arguments go to `SmoliteConfig`.
     Returns the output folder. Raises `SmoliteConversionError` (a `ValueError`) for a file that is not a Smolite
     weights file, for an existing non-empty output folder (unless `overwrite`), and when the converted model does
     not reproduce the NumPy forward pass of the Keras weights.
@@ -376,6 +379,18 @@ def convert_keras_to_hf(
     output_dir = Path(output_dir)
     _check_output_dir(output_dir, overwrite)
     weights = read_keras_weights(keras_weights)
+    smolite_tokenizer = None
+    if tokenizer is not None:
+        from .tokenization_smolite import SmoliteTokenizer
+
+        smolite_tokenizer = SmoliteTokenizer.from_sentencepiece(tokenizer, model_max_length=max_position_embeddings)
+        if len(smolite_tokenizer) != weights.vocab_size:
+            raise SmoliteConversionError(
+                f"{tokenizer}: the tokenizer has {len(smolite_tokenizer)} pieces but the weights in {weights.path} "
+                f"have a vocabulary of {weights.vocab_size}; they do not belong together."
+            )
+        for name in ("pad", "unk", "bos", "sep", "eos"):
+            config_kwargs.setdefault(f"{name}_token_id", getattr(smolite_tokenizer, f"{name}_token_id"))
     config = SmoliteConfig(
         vocab_size=weights.vocab_size,
         hidden_size=weights.hidden_size,
@@ -399,6 +414,8 @@ def convert_keras_to_hf(
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
     try:
         model.save_pretrained(tmp_dir)
+        if smolite_tokenizer is not None:
+            smolite_tokenizer.save_pretrained(tmp_dir)
         reloaded = SmoliteForCausalLM.from_pretrained(tmp_dir).eval()
         verify_conversion(
             weights,

@@ -31,10 +31,17 @@ def keras_weights_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def converted_dir(tmp_path_factory, keras_weights_path) -> Path:
+def sentencepiece_model_path() -> Path:
+    return keras_reference_file("tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def converted_dir(tmp_path_factory, keras_weights_path, sentencepiece_model_path) -> Path:
+    """The Keras fixture converted with its tokenizer, as `smolite convert --tokenizer` does."""
     from smolite_hf.convert_smolite_keras_to_hf import convert_keras_to_hf
 
-    return convert_keras_to_hf(keras_weights_path, tmp_path_factory.mktemp("converted") / "smolite-tiny")
+    out = tmp_path_factory.mktemp("converted") / "smolite-tiny"
+    return convert_keras_to_hf(keras_weights_path, out, tokenizer=sentencepiece_model_path)
 
 
 @pytest.fixture(scope="session")

@@ -171,3 +171,27 @@ def test_command_line(tmp_path, keras_weights_path):
 
     missing = run_cli("convert", "--keras-weights", str(tmp_path / "nope.h5"), "--output-dir", str(tmp_path / "o2"))
     assert missing.returncode == 2 and "nope.h5: no such file" in missing.stderr
+
+
+def test_tokenizer_is_added_and_sets_the_special_ids(converted_dir, sentencepiece_model_path):
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    from smolite_hf import SmoliteTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(converted_dir)
+    assert type(tokenizer) is SmoliteTokenizer
+    spm = sentencepiece.SentencePieceProcessor(model_file=str(sentencepiece_model_path))
+    config = json.loads((converted_dir / "config.json").read_text())
+    assert config["pad_token_id"] == spm.piece_to_id("<pad>") and config["eos_token_id"] == spm.piece_to_id("<end>")
+    assert config["bos_token_id"] == spm.piece_to_id("<start>") and config["sep_token_id"] == spm.piece_to_id("<sep>")
+    assert tokenizer("<start> 안녕 <sep>")["input_ids"] == spm.encode("<start> 안녕 <sep>")
+
+
+def test_refuses_a_tokenizer_of_another_vocabulary_size(tmp_path, sentencepiece_model_path):
+    torch.manual_seed(0)
+    model = SmoliteForCausalLM(tiny_config(vocab_size=500)).eval()
+    write_keras_weights(model, tmp_path / "w.weights.h5")
+    with pytest.raises(SmoliteConversionError, match="tokenizer has 1000 pieces but the weights .* vocabulary of 500"):
+        convert_keras_to_hf(tmp_path / "w.weights.h5", tmp_path / "out", tokenizer=sentencepiece_model_path)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []

@@ -1,0 +1,274 @@
+"""Smolite tokenizer: SentencePiece Unigram semantics on the `tokenizers` (Rust) backend.
+
+A converted tokenizer gives the same ids as `sentencepiece` on the original `.model`. SentencePiece does four things
+that a default conversion misses, and the pipeline here reproduces each:
+
+1. It normalises the *whole* string first (`nmt_nfkc`: NFKC, control characters removed, odd whitespace to a space,
+   runs of spaces collapsed, ends stripped, a dummy-prefix `▁`, spaces to `▁`). Its character map composes some
+   sequences that NFKC also composes (compatibility jamo `ㅎㅕ` -> `혀`) but not a syllable followed by a final
+   consonant (`버ㄵ` stays two characters), and keeps the full-width tilde `～`; the normaliser below does the same.
+2. Only then are user-defined pieces (`<start>`, `<sep>`, `<end>`) matched, wherever they occur, so the space before
+   `<sep>` survives as its own `▁` piece. Here a pre-tokenizer isolates them after normalisation; special tokens are
+   never matched in the raw text (`split_special_tokens=True`).
+3. Control pieces (`<pad>`) and `<unk>` are never produced from text: the literal string `<pad>` is ordinary
+   characters. Here they get a score no segmentation can prefer, and runs of characters outside the vocabulary are
+   isolated, so that they become one `<unk>` each (consecutive unknown characters fuse, as in SentencePiece).
+4. `<unk>` decodes to ` ⁇ `.
+
+Known differences from SentencePiece, on text that chat data does not contain: sequences of several combining marks
+(NFKC reorders them canonically, SentencePiece's map does not) and code points added to Unicode after the version
+built into `tokenizers`' NFKC.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers.models import Unigram
+from transformers import TokenizersBackend
+
+PAD, UNK, START, SEP, END = "<pad>", "<unk>", "<start>", "<sep>", "<end>"
+# A freshly trained tokenizer puts the five special pieces first, at these ids (those of the released models).
+SPECIAL_PIECES = [PAD, UNK, START, SEP, END]
+USER_DEFINED_PIECES = [START, SEP, END]
+SPECIAL_TOKENS = {"pad_token": PAD, "unk_token": UNK, "bos_token": START, "sep_token": SEP, "eos_token": END}
+UNKNOWN_SURFACE = " \u2047 "  # how SentencePiece decodes <unk>
+# Score of pieces that must never come out of text (control pieces, <unk>); far below any real segmentation.
+UNREACHABLE_SCORE = -1e9
+
+# Each chat turn pair is rendered exactly as one original training example: `<start> {user} <sep> {assistant} <end>`.
+# Pairs are joined by a space; a system message is prepended to the first user message; newlines become spaces.
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(system='', expect='user') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is not string -%}"
+    "{{ raise_exception('Smolite chat template: message ' ~ loop.index0 ~ ' (role ' ~ message['role'] ~ ') has no "
+    "text content; give \"content\" as a string.') }}"
+    "{%- endif -%}"
+    "{%- set text = message['content'] | replace('\\n', ' ') | trim -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{%- if not loop.first -%}"
+    "{{ raise_exception('Smolite chat template: a system message may only come first (message ' ~ loop.index0 ~ ').') }}"
+    "{%- endif -%}"
+    "{%- set ns.system = text -%}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{%- if ns.expect != 'user' -%}"
+    "{{ raise_exception('Smolite chat template: message ' ~ loop.index0 ~ ' is a second user message in a row; "
+    "user and assistant messages must alternate.') }}"
+    "{%- endif -%}"
+    "{%- if loop.index0 > (1 if ns.system or messages[0]['role'] == 'system' else 0) -%}{{ ' ' }}{%- endif -%}"
+    "{{ '<start> ' + ((ns.system + ' ') if ns.system else '') + text + ' <sep>' }}"
+    "{%- set ns.system = '' -%}{%- set ns.expect = 'assistant' -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{%- if ns.expect != 'assistant' -%}"
+    "{{ raise_exception('Smolite chat template: message ' ~ loop.index0 ~ ' is an assistant message without a "
+    "user message before it.') }}"
+    "{%- endif -%}"
+    "{% generation %}{{ ' ' + text + ' <end>' }}{% endgeneration %}"
+    "{%- set ns.expect = 'user' -%}"
+    "{%- else -%}"
+    "{{ raise_exception('Smolite chat template: message ' ~ loop.index0 ~ ' has role \"' ~ message['role'] ~ '\"; "
+    "use \"system\", \"user\" or \"assistant\".') }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+_ESCAPE = "\ufdd0"  # a Unicode noncharacter, used only inside the normaliser and never left in its output
+
+
+def sentencepiece_normalizer() -> normalizers.Normalizer:
+    """SentencePiece's `nmt_nfkc` rule with its default whitespace handling and dummy prefix, in `tokenizers`."""
+    hangul_syllable_then_jamo = Regex("(?<=[\uac00-\ud7a3])(?=[\u3131-\u318e\u11a8-\u11ff])")
+    return normalizers.Sequence(
+        [
+            normalizers.Replace(_ESCAPE, _ESCAPE + "0"),  # keep a literal escape character distinct
+            normalizers.Replace("\uff5e", _ESCAPE + "1"),  # nmt_nfkc keeps the full-width tilde
+            normalizers.Replace(hangul_syllable_then_jamo, _ESCAPE + "2"),  # no syllable + final-consonant merge
+            normalizers.NFKC(),
+            normalizers.Replace(_ESCAPE + "2", ""),
+            normalizers.Replace(_ESCAPE + "1", "\uff5e"),
+            normalizers.Replace(_ESCAPE + "0", _ESCAPE),
+            normalizers.Replace(Regex("[\x01-\x08\x0b\x0e-\x1f\x7f\x8f\x9f]"), ""),
+            normalizers.Replace(Regex("[\t\n\x0c\r\u061c\u1680\u200b\u200c\u200e\u200f\u2028\u2029\ufeff\ufffd\u2581]"), " "),
+            normalizers.Replace(Regex(" {2,}"), " "),
+            normalizers.Replace(Regex("^ | $"), ""),
+            normalizers.Prepend("\u2581"),
+            normalizers.Replace(" ", "\u2581"),
+        ]
+    )
+
+
+def _literal(text: str) -> str:
+    """`text` as a regular expression matching exactly it."""
+    return "".join(f"\\x{{{ord(c):X}}}" for c in text)
+
+
+def _character_class(characters: set[str]) -> str:
+    """A regex character class body listing `characters` as code-point ranges."""
+    points = sorted(ord(c) for c in characters)
+    ranges, start = [], None
+    for i, point in enumerate(points):
+        if start is None:
+            start = point
+        if i + 1 == len(points) or points[i + 1] != point + 1:
+            ranges.append(f"\\x{{{start:X}}}" if start == point else f"\\x{{{start:X}}}-\\x{{{point:X}}}")
+            start = None
+    return "".join(ranges)
+
+
+def build_backend(pieces: list[tuple[str, float, str]], unk_id: int) -> Tokenizer:
+    """A `tokenizers.Tokenizer` with SentencePiece Unigram semantics.
+
+    `pieces` are `(piece, score, kind)` in id order, `kind` one of `normal`, `user_defined`, `control`, `unknown`,
+    `unused` (the SentencePiece piece types).
+    """
+    vocab = [(piece, UNREACHABLE_SCORE if kind in ("control", "unknown", "unused") else score) for piece, score, kind in pieces]
+    user_defined = [piece for piece, _, kind in pieces if kind == "user_defined"]
+    known = {c for piece, _, kind in pieces if kind == "normal" for c in piece}
+    known |= {piece for piece in user_defined if len(piece) == 1}
+    known.discard("\u2581")
+
+    isolated = [_literal(piece) for piece in sorted(user_defined, key=len, reverse=True)]  # longest first
+    isolated.append(f"[^{_character_class(known)}\\x{{2581}}]+")  # a run of characters outside the vocabulary
+
+    backend = Tokenizer(Unigram(vocab, unk_id=unk_id, byte_fallback=False))
+    backend.normalizer = sentencepiece_normalizer()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex("|".join(isolated)), behavior="isolated"),
+            pre_tokenizers.Split("\u2581", behavior="merged_with_next"),
+        ]
+    )
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace(pieces[unk_id][0], UNKNOWN_SURFACE),
+            decoders.Metaspace(replacement="\u2581", prepend_scheme="always", split=True),
+        ]
+    )
+    return backend
+
+
+class SmoliteTokenizer(TokenizersBackend):
+    """Smolite's SentencePiece Unigram tokenizer on the fast (`tokenizers`) backend.
+
+    Special tokens: `<pad>` (padding), `<unk>`, `<start>` (`bos_token`), `<sep>` (`sep_token`, ends a user turn) and
+    `<end>` (`eos_token`, ends a reply). Nothing is added around encoded text: the chat template writes the markers,
+    exactly as the original wrote `<start> {prompt} <sep>`. Padding is on the left, for generation.
+
+    Make one from an original SentencePiece model with `SmoliteTokenizer.from_sentencepiece("tokenizer.model")` (needs
+    `protobuf`), train one with `SmoliteTokenizer.train(texts, vocab_size=...)`, or load a saved folder with
+    `AutoTokenizer.from_pretrained`.
+
+    Example:
+
+    ```python
+    >>> tokenizer = AutoTokenizer.from_pretrained("smolite-small")
+    >>> ids = tokenizer.apply_chat_template([{"role": "user", "content": "안녕하세요"}], add_generation_prompt=True)
+    >>> tokenizer.decode(ids["input_ids"])
+    '<start> 안녕하세요 <sep>'
+    ```
+    """
+
+    vocab_files_names = {"tokenizer_file": "tokenizer.json"}
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "left"
+
+    @classmethod
+    def from_sentencepiece(cls, model_file, **kwargs) -> "SmoliteTokenizer":
+        """Convert an original SentencePiece `.model` (id-exact); see `smolite_hf.convert_sentencepiece_to_hf`."""
+        import importlib
+
+        try:
+            converter = importlib.import_module("smolite_hf.convert_sentencepiece_to_hf")
+        except ImportError as err:
+            raise ImportError("Converting a SentencePiece model needs the smolite_hf package (pip install smolite_hf).") from err
+        return converter.tokenizer_from_sentencepiece(model_file, tokenizer_class=cls, **kwargs)
+
+    @classmethod
+    def from_backend(cls, backend: Tokenizer, special_tokens: dict[str, str], **kwargs) -> "SmoliteTokenizer":
+        kwargs.setdefault("model_max_length", 100)
+        kwargs.setdefault("chat_template", CHAT_TEMPLATE)
+        return cls(
+            tokenizer_object=backend,
+            split_special_tokens=True,
+            clean_up_tokenization_spaces=False,
+            **special_tokens,
+            **kwargs,
+        )
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        *,
+        length: int | None = None,
+        max_piece_length: int = 16,
+        show_progress: bool = False,
+        **kwargs,
+    ) -> "SmoliteTokenizer":
+        """Train a Unigram tokenizer on `texts` with the same normalisation and pre-tokenisation as a converted one.
+
+        The special pieces get fixed ids: `<pad>` 0, `<unk>` 1, `<start>` 2, `<sep>` 3, `<end>` 4 (as in the released
+        models). Raises `ValueError` when the corpus cannot support `vocab_size` pieces (instead of silently returning
+        a smaller vocabulary), and when `vocab_size` cannot hold every character of the text.
+        """
+        if vocab_size <= len(SPECIAL_PIECES):
+            raise ValueError(f"vocab_size must be larger than the {len(SPECIAL_PIECES)} special pieces, got {vocab_size}.")
+        backend = Tokenizer(Unigram())
+        backend.normalizer = sentencepiece_normalizer()
+        user_defined = "|".join(_literal(piece) for piece in USER_DEFINED_PIECES)
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(user_defined), behavior="isolated"),
+                pre_tokenizers.Split("\u2581", behavior="merged_with_next"),
+            ]
+        )
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_PIECES,
+            unk_token=UNK,
+            # the characters of the special pieces are ordinary pieces too, so that the literal text "<pad>" encodes
+            # as characters (as SentencePiece does), never as a run of unknown characters that matches <pad> whole
+            initial_alphabet=sorted({c for piece in SPECIAL_PIECES for c in piece}),
+            max_piece_length=max_piece_length,
+            show_progress=show_progress,
+        )
+        try:
+            backend.train_from_iterator(_strings(texts), trainer=trainer, length=length)
+        except Exception as err:
+            if "not large enough to contain all chars" not in str(err):
+                raise
+            raise ValueError(
+                f"vocab_size={vocab_size} is too small to hold every character of the training text plus the "
+                f"{len(SPECIAL_PIECES)} special pieces; ask for a larger vocabulary."
+            ) from err
+        vocab = json.loads(backend.to_str())["model"]["vocab"]
+        if len(vocab) != vocab_size:
+            raise ValueError(
+                f"The training text supports only {len(vocab)} pieces, fewer than vocab_size={vocab_size}; "
+                "give more text or ask for a smaller vocabulary."
+            )
+        kinds = {PAD: "control", UNK: "unknown", START: "user_defined", SEP: "user_defined", END: "user_defined"}
+        pieces = [(piece, score, kinds.get(piece, "normal")) for piece, score in vocab]
+        if [piece for piece, _, _ in pieces[: len(SPECIAL_PIECES)]] != SPECIAL_PIECES:
+            raise AssertionError(f"special pieces not at ids 0-4: {pieces[:5]}")
+        return cls.from_backend(build_backend(pieces, unk_id=1), SPECIAL_TOKENS, **kwargs)
+
+    def train_new_from_iterator(self, text_iterator, vocab_size, length=None, new_special_tokens=None, **kwargs):
+        """Train a new Smolite tokenizer (same pipeline and special pieces) on `text_iterator`."""
+        if new_special_tokens:
+            raise ValueError("SmoliteTokenizer has a fixed set of special pieces; new_special_tokens is not supported.")
+        return type(self).train(text_iterator, vocab_size, length=length, model_max_length=self.model_max_length, **kwargs)
+
+
+def _strings(texts: Iterable[str]) -> Iterator[str]:
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"training text {index} is {type(text).__name__}, not str")
+        yield text
+
+
+__all__ = ["CHAT_TEMPLATE", "SmoliteTokenizer", "build_backend", "sentencepiece_normalizer"]
