@@ -35,6 +35,56 @@ def _train_tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    result = train(
+        args.output_dir,
+        args.data,
+        eval_data=args.eval_data,
+        eval_fraction=args.eval_fraction,
+        size=args.size,
+        config_file=args.config,
+        from_pretrained=args.from_pretrained,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        max_length=args.max_length,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        eval_steps=args.eval_steps,
+        save_steps=args.save_steps,
+        logging_steps=args.logging_steps,
+        seed=args.seed,
+        bf16=args.bf16,
+        resume=args.resume,
+        skip_bad_lines=args.skip_bad_lines,
+    )
+    train_report = result.data_report["train"]
+    print(f"Trained on {train_report['used']} examples in {result.train_seconds:.0f} s -> {result.output_dir}")
+    for name, value in result.metrics.items():
+        if name.startswith("eval_") and isinstance(value, float):
+            print(f"  {name[5:]:20s} {value:.4f}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluation import evaluate_model
+
+    metrics, report = evaluate_model(args.model_dir, args.data, batch_size=args.batch_size, skip_bad_lines=args.skip_bad_lines)
+    if args.json:
+        print(json.dumps({"metrics": metrics, "data": report.as_dict()}, ensure_ascii=False))
+    else:
+        print(f"{args.model_dir} on {', '.join(args.data)}: {report}")
+        for name in ("loss", "masked_accuracy", "masked_perplexity", "perplexity", "targets"):
+            print(f"  {name:20s} {metrics[name]:.4f}" if isinstance(metrics[name], float) else f"  {name:20s} {metrics[name]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smolite", description="Smolite for the Hugging Face stack.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -74,6 +124,46 @@ def build_parser() -> argparse.ArgumentParser:
     train_tokenizer.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines")
     train_tokenizer.add_argument("--overwrite", action="store_true")
     train_tokenizer.set_defaults(run=_train_tokenizer)
+
+    train = commands.add_parser(
+        "train",
+        help="train or fine-tune Smolite with the Trainer (the built-in Korean conversations by default)",
+        description="Train Smolite from scratch (a --size preset or a --config file; a tokenizer is trained on the "
+        "data unless --tokenizer is given) or fine-tune it (--from-pretrained) on conversation files. The seed's "
+        "recipe is the default: Adam lr 1e-4, betas 0.9/0.95, eps 1e-8, grad-norm clip 1.0, batch 64, one epoch, "
+        "label smoothing 0.1 in the model's loss.",
+    )
+    train.add_argument("--data", nargs="+", metavar="FILE", help="conversation files (default: the built-in dataset)")
+    train.add_argument("--eval-data", nargs="+", metavar="FILE", help="evaluation files (default: hold out --eval-fraction)")
+    train.add_argument("--eval-fraction", type=float, default=0.1, metavar="F")
+    train.add_argument("--output-dir", required=True, metavar="DIR")
+    train.add_argument("--size", default="seed", choices=["seed", "small", "tiny"], help="model size from scratch")
+    train.add_argument("--config", metavar="FILE", help="a JSON file of SmoliteConfig fields (instead of --size)")
+    train.add_argument("--from-pretrained", metavar="DIR", help="fine-tune this model folder")
+    train.add_argument("--tokenizer", metavar="DIR_OR_MODEL", help="a tokenizer folder or an original .model")
+    train.add_argument("--vocab-size", type=int, default=1500, help="pieces of a tokenizer trained on the data")
+    train.add_argument("--max-length", type=int, metavar="N", help="the window for a model from scratch (default 100)")
+    train.add_argument("--learning-rate", type=float, default=1e-4)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    train.add_argument("--epochs", type=float, default=1.0)
+    train.add_argument("--max-steps", type=int, default=-1)
+    train.add_argument("--eval-steps", type=int)
+    train.add_argument("--save-steps", type=int)
+    train.add_argument("--logging-steps", type=int, default=10)
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPUs with AMX/AVX512-BF16, or GPUs)")
+    train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in DIR")
+    train.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="report loss, masked accuracy and perplexities on conversation files")
+    evaluate.add_argument("model_dir", metavar="MODEL_DIR")
+    evaluate.add_argument("--data", nargs="+", required=True, metavar="FILE")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--skip-bad-lines", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 

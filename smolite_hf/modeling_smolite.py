@@ -301,6 +301,10 @@ class SmoliteModel(SmolitePreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
 
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            # Positions count from each sequence's first real token (the mask covers past and current tokens), so
+            # left-padded batches are positioned like unpadded sequences.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
         if position_ids is None:
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens

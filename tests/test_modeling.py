@@ -53,6 +53,22 @@ def test_left_padded_batch_equals_single_sequences(tiny_model):
             torch.testing.assert_close(batched[row, -len(prompt) :], single, atol=1e-5, rtol=1e-5)
 
 
+def test_positions_come_from_the_attention_mask_when_not_given(tiny_model):
+    ids, mask = left_padded(PROMPTS)
+    with torch.no_grad():
+        batched = tiny_model(ids, attention_mask=mask).logits
+        cache = DynamicCache(config=tiny_model.config)
+        first = tiny_model(ids[:, :-2], attention_mask=mask[:, :-2], cache=cache, use_cache=True)
+        steps = [first.logits]
+        for t in (ids.shape[1] - 2, ids.shape[1] - 1):  # step decoding with a growing mask, no position_ids
+            steps.append(tiny_model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache, use_cache=True).logits)
+    for row, prompt in enumerate(PROMPTS):
+        with torch.no_grad():
+            single = tiny_model(torch.tensor([prompt])).logits[0]
+        torch.testing.assert_close(batched[row, -len(prompt) :], single, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.cat(steps, 1)[row, -len(prompt) :], single, atol=1e-5, rtol=1e-5)
+
+
 def test_left_padded_cached_generation_equals_one_by_one(tiny_model):
     ids, mask = left_padded(PROMPTS)
     kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)

@@ -1,0 +1,54 @@
+"""Evaluating a Smolite folder on conversation files: the function behind `smolite evaluate`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
+
+from .data import build_examples, read_conversations
+from .metrics import compute_metrics, make_preprocess_logits_for_metrics
+from .training import _to_dataset, smolite_collator
+
+
+def evaluate_model(model_dir: str | os.PathLike, data, batch_size: int = 64, skip_bad_lines: bool = False):
+    """`(metrics, BuildReport)`: the smoothed `loss`, `masked_accuracy`, `masked_perplexity`, `perplexity`, `targets`."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    files = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    conversations = [c for path in files for c in read_conversations(path, skip_bad_lines=skip_bad_lines)[0]]
+    examples, report = build_examples(conversations, tokenizer, max_length=model.config.max_position_embeddings)
+    if not examples:
+        raise ValueError(f"no example to evaluate in {files}: {report}")
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size,
+            report_to="none",
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            data_collator=smolite_collator(tokenizer),
+            eval_dataset=_to_dataset(examples),
+            processing_class=tokenizer,
+            compute_metrics=compute_metrics,
+            preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(model.config.label_smoothing),
+        )
+        trainer.remove_callback(PrinterCallback)  # stdout is the caller's (`smolite evaluate --json`)
+        raw = trainer.evaluate()
+    metrics = {
+        "loss": raw["eval_loss"],
+        "masked_accuracy": raw["eval_masked_accuracy"],
+        "masked_perplexity": raw["eval_masked_perplexity"],
+        "perplexity": raw["eval_perplexity"],
+        "targets": raw["eval_targets"],
+    }
+    return metrics, report
+
+
+__all__ = ["evaluate_model"]

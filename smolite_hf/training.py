@@ -1,0 +1,293 @@
+"""Training Smolite with the `transformers.Trainer`: the function behind `smolite train`.
+
+```python
+from smolite_hf.training import train
+result = train("runs/my-smolite", size="small", epochs=10)   # the built-in Korean conversations
+print(result.metrics)
+```
+
+The seed's recipe is the default: Adam (no weight decay) with learning rate 1e-4, betas (0.9, 0.95), epsilon 1e-8,
+gradients clipped to a global norm of 1.0 (Keras clipped each tensor on its own), batch 64, one epoch, the model's own
+label-smoothed loss (ε = 0.1). `TrainingArguments.label_smoothing_factor` must stay 0: for a model outside
+transformers' own mapping the Trainer applies it to unshifted labels, silently training the model to copy its input;
+`LabelSmoothingGuard` refuses it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from .configuration_smolite import SmoliteConfig
+from .data import Conversation, build_examples, read_conversations
+from .generation import smolite_generation_config
+from .metrics import compute_metrics, make_preprocess_logits_for_metrics
+from .modeling_smolite import SmoliteForCausalLM
+from .tokenization_smolite import SmoliteTokenizer
+
+# Model sizes for training from scratch; "seed" is the released Small size (the vocabulary comes from the tokenizer).
+SIZES = {
+    "seed": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, intermediate_size=1024, adapter_size=64),
+    "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, adapter_size=32),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, adapter_size=16),
+}
+BUILTIN_DATA = "korean_everyday_chat.jsonl"
+
+
+def builtin_data_path() -> Path:
+    """The Korean everyday-conversation dataset shipped with the package (see its README for the license)."""
+    return Path(str(resources.files("smolite_hf") / "resources" / BUILTIN_DATA))
+
+
+class LabelSmoothingGuard(TrainerCallback):
+    """Refuses `TrainingArguments.label_smoothing_factor > 0`: Smolite smooths inside its own (shifted) loss."""
+
+    def on_init_end(self, args, state, control, **kwargs):
+        if args.label_smoothing_factor:
+            raise ValueError(
+                f"TrainingArguments.label_smoothing_factor={args.label_smoothing_factor}: the Trainer would apply it to "
+                "unshifted labels for Smolite (a model outside transformers' own mapping), training it to copy its "
+                "input. Set the smoothing in the model config (config.label_smoothing) and leave this at 0."
+            )
+
+
+def smolite_collator(tokenizer) -> DataCollatorForSeq2Seq:
+    """Pads each batch to its longest example (on the right, as the original), labels with -100, builds the mask."""
+    right_padded = copy.copy(tokenizer)
+    right_padded.padding_side = "right"
+    return DataCollatorForSeq2Seq(right_padded, label_pad_token_id=-100, padding="longest")
+
+
+def split_conversations(conversations: list[Conversation], eval_fraction: float, seed: int):
+    """A reproducible train/eval split by conversation (turns of one conversation never straddle the split)."""
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}.")
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    n_eval = round(len(conversations) * eval_fraction)
+    if eval_fraction and n_eval == 0 and len(conversations) > 1:
+        n_eval = 1
+    eval_ids = set(order[:n_eval])
+    train_set = [c for i, c in enumerate(conversations) if i not in eval_ids]
+    eval_set = [c for i, c in enumerate(conversations) if i in eval_ids]
+    return train_set, eval_set
+
+
+def _to_dataset(examples):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples]})
+
+
+def _load_tokenizer(tokenizer, from_pretrained, output_dir: Path, resume: bool):
+    if resume and (output_dir / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(output_dir)  # the run being resumed made it
+    if tokenizer is not None:
+        if str(tokenizer).endswith(".model"):
+            return SmoliteTokenizer.from_sentencepiece(tokenizer)
+        return AutoTokenizer.from_pretrained(tokenizer)
+    if from_pretrained is not None:
+        return AutoTokenizer.from_pretrained(from_pretrained)
+    return None
+
+
+def _build_model(from_pretrained, size, config_file, tokenizer, max_length, seed):
+    if from_pretrained is not None:
+        model = AutoModelForCausalLM.from_pretrained(from_pretrained)
+        if model.config.vocab_size < len(tokenizer):
+            raise ValueError(
+                f"the tokenizer has {len(tokenizer)} pieces but the model in {from_pretrained} only "
+                f"{model.config.vocab_size}."
+            )
+        return model
+    if config_file is not None:
+        fields = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    elif size in SIZES:
+        fields = dict(SIZES[size])
+    else:
+        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)} or give a config file.")
+    fields.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        unk_token_id=tokenizer.unk_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if max_length is not None:
+        fields["max_position_embeddings"] = max_length
+    set_seed(seed)
+    return SmoliteForCausalLM(SmoliteConfig(**fields))
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict
+    data_report: dict
+    train_seconds: float
+
+
+def train(
+    output_dir: str | os.PathLike,
+    data=None,
+    *,
+    eval_data=None,
+    eval_fraction: float = 0.1,
+    size: str = "seed",
+    config_file: str | os.PathLike | None = None,
+    from_pretrained: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    vocab_size: int = 1500,
+    max_length: int | None = None,
+    learning_rate: float = 1e-4,
+    adam_beta1: float = 0.9,
+    adam_beta2: float = 0.95,
+    adam_epsilon: float = 1e-8,
+    max_grad_norm: float = 1.0,
+    batch_size: int = 64,
+    gradient_accumulation_steps: int = 1,
+    epochs: float = 1.0,
+    max_steps: int = -1,
+    eval_steps: int | None = None,
+    save_steps: int | None = None,
+    save_total_limit: int | None = 2,
+    logging_steps: int = 10,
+    seed: int = 42,
+    bf16: bool = False,
+    resume: bool = False,
+    skip_bad_lines: bool = False,
+    callbacks: list | None = None,
+    disable_tqdm: bool | None = None,
+) -> TrainResult:
+    """Train (or fine-tune) Smolite on conversation files; write a complete model + tokenizer folder to `output_dir`.
+
+    `data`: conversation files (JSON Lines, ShareGPT or messages format); the built-in Korean dataset when `None`.
+    `eval_data`: evaluation files; otherwise `eval_fraction` of the conversations is held out. The model comes from
+    `from_pretrained` (a folder or Hub id), else from `config_file` (a JSON of `SmoliteConfig` fields), else from the
+    `size` preset. The tokenizer comes from `tokenizer` (a folder or an original `.model`), else from
+    `from_pretrained`, else is trained on the training conversations with `vocab_size` pieces. Checkpoints are written
+    every `save_steps` under `output_dir/checkpoint-N`; `resume=True` continues from the latest one.
+    """
+    started = time.monotonic()
+    output_dir = Path(output_dir)
+    files = [builtin_data_path()] if data is None else ([data] if isinstance(data, (str, os.PathLike)) else list(data))
+    conversations, read_reports = [], []
+    for path in files:
+        read, report = read_conversations(path, skip_bad_lines=skip_bad_lines)
+        conversations += read
+        read_reports.append({"file": str(path), "lines": report.lines, "skipped_lines": dict(report.skipped_lines)})
+    if eval_data is not None:
+        eval_files = [eval_data] if isinstance(eval_data, (str, os.PathLike)) else list(eval_data)
+        train_conversations = conversations
+        eval_conversations = [c for path in eval_files for c in read_conversations(path, skip_bad_lines=skip_bad_lines)[0]]
+    else:
+        train_conversations, eval_conversations = split_conversations(conversations, eval_fraction, seed)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    smolite_tokenizer = _load_tokenizer(tokenizer, from_pretrained, output_dir, resume)
+    if smolite_tokenizer is None:
+        texts = [text for conversation in train_conversations for _, text in conversation.messages]
+        smolite_tokenizer = SmoliteTokenizer.train(texts, vocab_size=vocab_size)
+    model = _build_model(from_pretrained, size, config_file, smolite_tokenizer, max_length, seed)
+    window = model.config.max_position_embeddings
+    smolite_tokenizer.model_max_length = window
+    smolite_tokenizer.save_pretrained(output_dir)
+
+    train_examples, train_report = build_examples(train_conversations, smolite_tokenizer, max_length=window)
+    eval_examples, eval_report = build_examples(eval_conversations, smolite_tokenizer, max_length=window)
+    if not train_examples:
+        raise ValueError(f"no training example in {[str(f) for f in files]}: {train_report}")
+
+    steps_per_epoch = max(1, -(-len(train_examples) // (batch_size * gradient_accumulation_steps)))
+    total_steps = max_steps if max_steps > 0 else max(1, int(steps_per_epoch * epochs))
+    save_steps = save_steps or max(1, total_steps // 4)
+    eval_steps = eval_steps or save_steps
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        learning_rate=learning_rate,
+        adam_beta1=adam_beta1,
+        adam_beta2=adam_beta2,
+        adam_epsilon=adam_epsilon,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        lr_scheduler_type="constant",
+        max_grad_norm=max_grad_norm,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        eval_strategy="steps" if eval_examples else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=save_total_limit,
+        logging_steps=logging_steps,
+        seed=seed,
+        data_seed=seed,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=disable_tqdm,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=smolite_collator(smolite_tokenizer),
+        train_dataset=_to_dataset(train_examples),
+        eval_dataset=_to_dataset(eval_examples) if eval_examples else None,
+        processing_class=smolite_tokenizer,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(model.config.label_smoothing),
+        callbacks=[LabelSmoothingGuard(), *(callbacks or [])],
+    )
+    checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
+    if resume and checkpoint is None:
+        print(f"smolite train: no checkpoint in {output_dir} to resume from; starting from the beginning.")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = trainer.evaluate() if eval_examples else {}
+
+    model.config.use_cache = True  # the Trainer switches the cache off for training
+    model.generation_config = smolite_generation_config(model.config)
+    data_report = {"files": read_reports, "train": train_report.as_dict(), "eval": eval_report.as_dict()}
+    elapsed = time.monotonic() - started
+    _save_final(trainer, smolite_tokenizer, output_dir, {"metrics": metrics, "data": data_report, "train_seconds": elapsed})
+    return TrainResult(output_dir, metrics, data_report, elapsed)
+
+
+def _save_final(trainer: Trainer, tokenizer, output_dir: Path, report: dict) -> None:
+    """Write the final model, tokenizer and report beside the checkpoints, each file replaced atomically."""
+    staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
+    try:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "training_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        for item in staging.iterdir():
+            os.replace(item, output_dir / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+__all__ = ["SIZES", "LabelSmoothingGuard", "TrainResult", "builtin_data_path", "smolite_collator", "split_conversations", "train"]

@@ -1,0 +1,166 @@
+"""Conversation files and training examples, by the original rules and with clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from smolite_hf import SmoliteTokenizer
+from smolite_hf.data import (
+    ConversationFormatError,
+    build_examples,
+    load_conversation_dataset,
+    read_conversations,
+)
+from smolite_hf.training import builtin_data_path, smolite_collator
+
+from .conftest import keras_reference_file
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return SmoliteTokenizer.from_sentencepiece(keras_reference_file("tokenizer.model"))
+
+
+@pytest.fixture(scope="module")
+def preprocessed():
+    return dict(np.load(keras_reference_file("preprocessed.npz")))
+
+
+def fixture_examples(tokenizer, end_tokens):
+    conversations, _ = read_conversations(keras_reference_file("conversations.jsonl"))
+    return build_examples(conversations, tokenizer, max_length=100, end_tokens=end_tokens)
+
+
+def test_inputs_reproduce_the_original_preprocessing_row_for_row(tokenizer, preprocessed):
+    examples, report = fixture_examples(tokenizer, end_tokens=2)  # the original appended <end> twice
+    untrained = [11]  # the row whose prompt fills the window: the original kept it with no target, we drop it
+    rows = [i for i in range(len(preprocessed["inputs"])) if i not in untrained]
+    assert len(examples) == len(rows)
+    for example, row in zip(examples, rows):
+        padded = example["input_ids"] + [0] * (100 - len(example["input_ids"]))  # the original right-padded with <pad>
+        assert padded == preprocessed["inputs"][row].tolist(), row
+        assert example["line"] - 1 == preprocessed["line_index"][row]
+        assert example["pair_index"] == preprocessed["pair_index"][row]
+    assert report.skipped["prompt fills the window"] == 1
+    assert (report.used, report.truncated) == (19, 1)
+
+
+def test_labels_match_the_original_targets_apart_from_the_documented_deviations(tokenizer, preprocessed):
+    examples, _ = fixture_examples(tokenizer, end_tokens=2)
+    rows = [i for i in range(20) if i != 11]
+    for example, row in zip(examples, rows):
+        labels = example["labels"] + [-100] * (100 - len(example["labels"]))
+        targets = preprocessed["targets"][row]  # targets[t] is what position t predicts; 0 (<pad>) = not trained
+        prompt_length = labels.index(next(x for x in labels if x != -100))
+        for t in range(99):
+            if targets[t] != 0:
+                assert labels[t + 1] == targets[t]
+            elif labels[t + 1] != -100:
+                # the one deviation: the first reply token (predicted from <sep>) is trained here, not in the original
+                assert t + 1 == prompt_length, (row, t)
+        if targets[99] != 0:  # a full window: the original also trained position 99 on <end>, which shifted
+            assert row == 12 and targets[99] == tokenizer.eos_token_id  # labels cannot express (documented)
+
+
+def test_one_end_token_by_default(tokenizer):
+    examples, _ = fixture_examples(tokenizer, end_tokens=1)
+    for example in examples:
+        if len(example["input_ids"]) < 100:  # not cut
+            assert example["input_ids"][-1] == tokenizer.eos_token_id
+            assert example["input_ids"][-2] != tokenizer.eos_token_id
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_pairs_roles_and_report(tmp_path, tokenizer):
+    data = write_lines(tmp_path / "c.jsonl", [
+        json.dumps({"conversations": [{"from": "human", "value": "안녕\n하세요"}, {"from": "gpt", "value": "네 <sep> 반가워요"}]}),
+        json.dumps({"conversations": [{"from": "user", "value": "a"}, {"from": "assistant", "value": "b"}]}),
+        json.dumps({"messages": [{"role": "user", "content": "오늘"}, {"role": "assistant", "content": "맑아요"}, {"role": "user", "content": "끝"}]}),
+        json.dumps({"conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]}),
+        "",
+    ])
+    conversations, read_report = read_conversations(data)
+    examples, report = build_examples(conversations, tokenizer, max_length=100)
+    assert read_report.conversations == 4
+    assert report.used == 2 and report.skipped == {"not a human -> gpt pair": 2, "unpaired last message": 1}
+    first = examples[0]
+    prompt = tokenizer("<start> 안녕 하세요 <sep>")["input_ids"]  # newline -> space
+    assert first["input_ids"][: len(prompt)] == prompt and first["labels"][: len(prompt)] == [-100] * len(prompt)
+    # the reply's literal <sep> is text of the reply: it is trained, and nothing is cut there
+    assert first["labels"][len(prompt):] == tokenizer("네 <sep> 반가워요 <end>")["input_ids"]
+    assert examples[1]["labels"][-1] == tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "line 2: not valid JSON"),
+        ('{"text": "hi"}', "line 2: missing field 'conversations'"),
+        ('{"conversations": {"from": "human"}}', "line 2: field 'conversations' must be a list"),
+        ('{"conversations": [{"from": "human", "value": 5}]}', r"line 2: conversations\[0\].value must be a string"),
+        ('{"messages": [{"role": "user", "content": null}]}', r"line 2: messages\[0\].content must be a string"),
+        ('["a"]', "line 2: expected a JSON object"),
+    ],
+)
+def test_bad_lines_name_file_and_line(tmp_path, line, message):
+    good = json.dumps({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]})
+    path = write_lines(tmp_path / "bad.jsonl", [good, line, good])
+    with pytest.raises(ConversationFormatError, match=f"bad.jsonl, {message}"):
+        read_conversations(path)
+    conversations, report = read_conversations(path, skip_bad_lines=True)
+    assert len(conversations) == 2 and sum(report.skipped_lines.values()) == 1
+
+
+def test_invalid_utf8_and_empty_files(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"conversations": []}\n{"conversations": [{"from": "human", "value": "\xe9"}]}\n')
+    with pytest.raises(ConversationFormatError, match="latin1.jsonl, line 2: not UTF-8"):
+        read_conversations(path)
+    assert read_conversations(path, skip_bad_lines=True)[1].skipped_lines == {"not UTF-8": 1}
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(ConversationFormatError, match="empty.jsonl: the file is empty"):
+        read_conversations(empty)
+    with pytest.raises(ConversationFormatError, match="no such file"):
+        read_conversations(tmp_path / "absent.jsonl")
+
+
+def test_bom_and_crlf_are_accepted(tmp_path):
+    path = tmp_path / "windows.jsonl"
+    record = json.dumps({"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]})
+    path.write_bytes(b"\xef\xbb\xbf" + record.encode() + b"\r\n" + record.encode() + b"\r\n")
+    assert len(read_conversations(path)[0]) == 2
+
+
+def test_dataset_from_a_datasets_dataset(tokenizer):
+    from datasets import Dataset
+
+    rows = Dataset.from_dict({"messages": [[{"role": "user", "content": "안녕"}, {"role": "assistant", "content": "반가워"}]]})
+    dataset, report = load_conversation_dataset(rows, tokenizer)
+    assert report.used == 1 and dataset[0]["input_ids"] == tokenizer("<start> 안녕 <sep> 반가워 <end>")["input_ids"]
+
+
+def test_collator_pads_dynamically_on_the_right(tokenizer):
+    features = [{"input_ids": [5, 2, 9, 3, 11, 4], "labels": [-100, -100, -100, -100, 11, 4]},
+                {"input_ids": [5, 2, 3, 12, 4], "labels": [-100, -100, -100, 12, 4]}]
+    batch = smolite_collator(tokenizer)(features)
+    assert batch["input_ids"].shape == (2, 6)  # the longest in the batch, not the window
+    assert batch["input_ids"][1].tolist() == [5, 2, 3, 12, 4, tokenizer.pad_token_id]
+    assert batch["labels"][1].tolist() == [-100, -100, -100, 12, 4, -100]
+    assert batch["attention_mask"].tolist() == [[1] * 6, [1] * 5 + [0]]
+    assert tokenizer.padding_side == "left"  # the collator did not change the tokenizer used for generation
+
+
+def test_builtin_dataset():
+    conversations, report = read_conversations(builtin_data_path())
+    pairs = [(a, b) for c in conversations for a, b in zip(c.messages[::2], c.messages[1::2])]
+    assert report.skipped_lines == {} and len(pairs) >= 500
+    assert all(a[0] == "human" and b[0] == "gpt" for a, b in pairs)
+    assert sum(any("\uac00" <= ch <= "\ud7a3" for ch in b[1]) for _, b in pairs) == len(pairs)  # Korean replies
+    assert len({a[1] for a, _ in pairs}) == len(pairs)  # no repeated question

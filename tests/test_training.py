@@ -1,0 +1,111 @@
+"""`smolite train` / `smolite_hf.training.train`: a tiny end-to-end run, resume equivalence, guards, commands."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TrainerCallback, TrainingArguments
+
+from smolite_hf import SmoliteForCausalLM, SmoliteTokenizer
+from smolite_hf.training import LabelSmoothingGuard, train
+
+from .conftest import keras_reference_file
+
+TINY = dict(size="tiny", vocab_size=420, batch_size=4, eval_fraction=0.2, disable_tqdm=True, logging_steps=50)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return keras_reference_file("conversations.jsonl")
+
+
+class StopAt(TrainerCallback):
+    """Ends training after `step`, as an interrupted run would (its last checkpoint is that step)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_end_to_end_run_lowers_the_eval_loss_and_writes_a_complete_folder(tmp_path, data):
+    first = train(tmp_path / "short", data, max_steps=1, **TINY)
+    longer = train(tmp_path / "long", data, max_steps=40, learning_rate=3e-3, **TINY)
+    assert longer.metrics["eval_loss"] < first.metrics["eval_loss"] - 0.3
+    for name in ("masked_accuracy", "masked_perplexity", "perplexity"):
+        assert f"eval_{name}" in longer.metrics
+    folder = longer.output_dir
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert type(model) is SmoliteForCausalLM and type(tokenizer) is SmoliteTokenizer
+    assert model.config.vocab_size == len(tokenizer) == 420 and model.config.use_cache is True
+    assert model.config.eos_token_id == tokenizer.eos_token_id and model.config.max_position_embeddings == 100
+    generation = GenerationConfig.from_pretrained(folder)
+    assert generation.eos_token_id == tokenizer.eos_token_id and generation.do_sample
+    report = json.loads((folder / "training_report.json").read_text())
+    assert report["data"]["train"]["used"] + report["data"]["eval"]["used"] == 19
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, data):
+    settings = dict(max_steps=6, save_steps=3, eval_steps=100, **TINY)
+    uninterrupted = train(tmp_path / "a", data, **settings)
+    # tokenizers' Unigram trainer is not reproducible run to run, so the second run uses the first run's tokenizer;
+    # a resumed run reuses the tokenizer its own first part saved
+    same_tokenizer = dict(settings, tokenizer=str(uninterrupted.output_dir))
+    train(tmp_path / "b", data, callbacks=[StopAt(3)], **same_tokenizer)
+    assert (tmp_path / "b" / "checkpoint-3").is_dir() and not (tmp_path / "b" / "checkpoint-6").exists()
+    resumed = train(tmp_path / "b", data, resume=True, **settings)
+    a = load_file(uninterrupted.output_dir / "model.safetensors")
+    b = load_file(resumed.output_dir / "model.safetensors")
+    stopped = load_file(tmp_path / "b" / "checkpoint-3" / "model.safetensors")
+    assert any(not torch.equal(stopped[k], a[k]) for k in a)  # the resumed run really trained further
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path, data):
+    config = tmp_path / "no_dropout.json"  # dropout masks would differ between one batch of 8 and two of 4
+    config.write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                  "intermediate_size": 128, "adapter_size": 16, "hidden_dropout": 0.0}))
+    options = {**TINY, "batch_size": 8, "eval_fraction": 0.0, "config_file": config,
+               "tokenizer": str(keras_reference_file("tokenizer.model"))}
+    big = train(tmp_path / "big", data, max_steps=2, **options)
+    options["batch_size"] = 4
+    accumulated = train(tmp_path / "acc", data, max_steps=2, gradient_accumulation_steps=2, **options)
+    a, b = load_file(big.output_dir / "model.safetensors"), load_file(accumulated.output_dir / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=2e-6, rtol=1e-4, msg=name)
+
+
+def test_label_smoothing_factor_is_refused(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.1, report_to="none")
+    with pytest.raises(ValueError, match="label_smoothing_factor=0.1: the Trainer would apply it to unshifted labels"):
+        LabelSmoothingGuard().on_init_end(args, None, None)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "smolite_hf", *args], capture_output=True, text=True)
+
+
+def test_train_and_evaluate_commands(tmp_path, data):
+    done = run("train", "--data", str(data), "--output-dir", str(tmp_path / "run"), "--size", "tiny",
+               "--vocab-size", "420", "--batch-size", "4", "--max-steps", "3", "--eval-fraction", "0.2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Trained on" in done.stdout and "masked_accuracy" in done.stdout
+    evaluated = run("evaluate", str(tmp_path / "run"), "--data", str(data), "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    result = json.loads(evaluated.stdout)
+    assert set(result["metrics"]) == {"loss", "masked_accuracy", "masked_perplexity", "perplexity", "targets"}
+    assert result["data"]["used"] == 19 and result["metrics"]["targets"] > 100
+    readable = run("evaluate", str(tmp_path / "run"), "--data", str(data))
+    assert "masked_perplexity" in readable.stdout and readable.returncode == 0
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"conversations": []}\n{oops\n', encoding="utf-8")
+    failed = run("train", "--data", str(bad), "--output-dir", str(tmp_path / "run2"), "--size", "tiny")
+    assert failed.returncode == 2 and "bad.jsonl, line 2: not valid JSON" in failed.stderr
