@@ -60,6 +60,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         bf16=args.bf16,
         resume=args.resume,
+        overwrite=args.overwrite,
         skip_bad_lines=args.skip_bad_lines,
     )
     train_report = result.data_report["train"]
@@ -83,6 +84,19 @@ def _evaluate(args: argparse.Namespace) -> int:
         for name in ("loss", "masked_accuracy", "masked_perplexity", "perplexity", "targets"):
             print(f"  {name:20s} {metrics[name]:.4f}" if isinstance(metrics[name], float) else f"  {name:20s} {metrics[name]}")
     return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .chat import chat
+    from .generation import PRESETS
+
+    overrides = dict(PRESETS[args.preset]) if args.preset else {}
+    if args.greedy:
+        overrides.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=50)  # neutral: no sampling warnings
+    for name in ("temperature", "top_p", "max_new_tokens"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    return chat(args.model_dir, prompt=args.prompt, seed=args.seed, **overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPUs with AMX/AVX512-BF16, or GPUs)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in DIR")
+    train.add_argument("--overwrite", action="store_true", help="start again in a DIR that holds an earlier run")
     train.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines")
     train.set_defaults(run=_train)
 
@@ -164,6 +179,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--skip-bad-lines", action="store_true")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_evaluate)
+
+    chat = commands.add_parser(
+        "chat",
+        help="chat with a model folder in the terminal (streamed replies)",
+        description="Chat with a Smolite folder; replies stream as they are generated. The folder's "
+        "generation_config.json (the seed's chat decoding: temperature 0.5, top-p 0.9, repetition penalty 1.1) is the "
+        "default. Type 'quit' or press Ctrl-C to leave.",
+    )
+    chat.add_argument("model_dir", metavar="MODEL_DIR")
+    chat.add_argument("--prompt", metavar="TEXT", help="answer this one message and exit")
+    chat.add_argument("--preset", choices=["chat", "original"], help="the original's decoding variants")
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--top-p", type=float)
+    chat.add_argument("--greedy", action="store_true", help="always the most likely token")
+    chat.add_argument("--max-new-tokens", type=int)
+    chat.add_argument("--seed", type=int, help="make sampling reproducible")
+    chat.set_defaults(run=_chat)
     return parser
 
 

@@ -176,6 +176,7 @@ def train(
     seed: int = 42,
     bf16: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     skip_bad_lines: bool = False,
     callbacks: list | None = None,
     disable_tqdm: bool | None = None,
@@ -187,10 +188,20 @@ def train(
     `from_pretrained` (a folder or Hub id), else from `config_file` (a JSON of `SmoliteConfig` fields), else from the
     `size` preset. The tokenizer comes from `tokenizer` (a folder or an original `.model`), else from
     `from_pretrained`, else is trained on the training conversations with `vocab_size` pieces. Checkpoints are written
-    every `save_steps` under `output_dir/checkpoint-N`; `resume=True` continues from the latest one.
+    every `save_steps` under `output_dir/checkpoint-N`; `resume=True` continues from the latest one. A folder that
+    already holds a run is refused unless `resume` or `overwrite` (which deletes that run's checkpoints) is given.
     """
     started = time.monotonic()
     output_dir = Path(output_dir)
+    previous = sorted(output_dir.glob("checkpoint-*")) + [p for p in (output_dir / "training_report.json",) if p.exists()]
+    if previous and not resume:
+        if not overwrite:
+            raise ValueError(
+                f"{output_dir}: holds an earlier run ({previous[0].name}); pass --resume to continue it or "
+                "--overwrite to start again."
+            )
+        for path in previous:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     files = [builtin_data_path()] if data is None else ([data] if isinstance(data, (str, os.PathLike)) else list(data))
     conversations, read_reports = [], []
     for path in files:

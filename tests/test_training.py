@@ -109,3 +109,11 @@ def test_train_and_evaluate_commands(tmp_path, data):
     bad.write_text('{"conversations": []}\n{oops\n', encoding="utf-8")
     failed = run("train", "--data", str(bad), "--output-dir", str(tmp_path / "run2"), "--size", "tiny")
     assert failed.returncode == 2 and "bad.jsonl, line 2: not valid JSON" in failed.stderr
+
+
+def test_an_earlier_run_is_not_silently_mixed_in(tmp_path, data):
+    train(tmp_path / "run", data, max_steps=2, save_steps=1, **TINY)
+    with pytest.raises(ValueError, match="holds an earlier run .*--resume.*--overwrite"):
+        train(tmp_path / "run", data, max_steps=2, **TINY)
+    train(tmp_path / "run", data, max_steps=1, save_steps=1, overwrite=True, **TINY)
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1"]
