@@ -117,3 +117,10 @@ def test_an_earlier_run_is_not_silently_mixed_in(tmp_path, data):
         train(tmp_path / "run", data, max_steps=2, **TINY)
     train(tmp_path / "run", data, max_steps=1, save_steps=1, overwrite=True, **TINY)
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-1"]
+
+
+def test_bf16_mixed_precision_training_keeps_float32_weights(tmp_path, data):
+    result = train(tmp_path / "bf16", data, max_steps=2, bf16=True, **TINY)
+    assert torch.isfinite(torch.tensor(result.metrics["eval_loss"]))
+    saved = load_file(result.output_dir / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in saved.values())
