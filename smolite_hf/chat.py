@@ -24,8 +24,11 @@ class ModelFolderError(ValueError):
     """A model folder that is missing or incomplete; the message names the folder and the file."""
 
 
-def load_chat_model(model_dir: str | os.PathLike):
-    """`(model, tokenizer)` from a folder written by `smolite train` / `smolite convert --tokenizer`."""
+def load_chat_model(model_dir: str | os.PathLike, device: str | None = None, dtype: str = "float32"):
+    """`(model, tokenizer)` from a folder written by `smolite train` / `smolite convert --tokenizer`.
+
+    `device` defaults to CUDA when available, else CPU; `dtype` is `float32` or `bfloat16`.
+    """
     folder = Path(model_dir)
     if not folder.is_dir():
         raise ModelFolderError(f"{folder}: no such model folder.")
@@ -34,7 +37,8 @@ def load_chat_model(model_dir: str | os.PathLike):
             raise ModelFolderError(f"{folder}: {name} is missing; is this a complete Smolite model folder?")
     if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
         raise ModelFolderError(f"{folder}: model.safetensors is missing; is this a complete Smolite model folder?")
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return model, tokenizer
 
@@ -76,9 +80,10 @@ def generate_reply(
     return tokenizer.decode(output[0, len(prompt) :], skip_special_tokens=True).strip()
 
 
-def chat(model_dir, prompt: str | None = None, seed: int | None = None, **overrides) -> int:
+def chat(model_dir, prompt: str | None = None, seed: int | None = None, device: str | None = None,
+         dtype: str = "float32", **overrides) -> int:
     """Answer `prompt` once (streamed to stdout), or hold an interactive conversation until `quit` / Ctrl-C / EOF."""
-    model, tokenizer = load_chat_model(model_dir)
+    model, tokenizer = load_chat_model(model_dir, device=device, dtype=dtype)
     if seed is not None:
         torch.manual_seed(seed)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

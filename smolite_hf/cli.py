@@ -96,7 +96,7 @@ def _chat(args: argparse.Namespace) -> int:
     for name in ("temperature", "top_p", "max_new_tokens"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    return chat(args.model_dir, prompt=args.prompt, seed=args.seed, **overrides)
+    return chat(args.model_dir, prompt=args.prompt, seed=args.seed, device=args.device, dtype=args.dtype, **overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--greedy", action="store_true", help="always the most likely token")
     chat.add_argument("--max-new-tokens", type=int)
     chat.add_argument("--seed", type=int, help="make sampling reproducible")
+    chat.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    chat.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     chat.set_defaults(run=_chat)
     return parser
 

@@ -88,6 +88,8 @@ def test_chat_prompt_end_to_end(converted_dir):
     assert done.stdout.strip()  # the streamed reply
     again = run("chat", str(converted_dir), "--prompt", "안녕하세요", "--greedy", "--max-new-tokens", "8")
     assert again.stdout == done.stdout  # greedy is deterministic
+    bf16 = run("chat", str(converted_dir), "--prompt", "안녕하세요", "--greedy", "--max-new-tokens", "8", "--dtype", "bfloat16", "--device", "cpu")
+    assert bf16.returncode == 0 and bf16.stdout.strip(), bf16.stderr[-2000:]
     seeded = [run("chat", str(converted_dir), "--prompt", "안녕하세요", "--seed", "3", "--max-new-tokens", "8").stdout for _ in range(2)]
     assert seeded[0] == seeded[1]
 
