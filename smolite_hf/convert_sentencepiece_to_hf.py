@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from .tokenization_smolite import END, PAD, SEP, START, UNK, SmoliteTokenizer, build_backend
+from .tokenization_smolite import END, PAD, SEP, START, SmoliteTokenizer, build_backend
 
 # SentencePiece piece types (sentencepiece_model.proto)
 PIECE_KINDS = {1: "normal", 2: "unknown", 3: "control", 4: "user_defined", 5: "unused", 6: "byte"}

@@ -119,6 +119,17 @@ def read_conversations(path: str | os.PathLike, skip_bad_lines: bool = False) ->
     return conversations, report
 
 
+def read_conversation_files(paths, skip_bad_lines: bool = False) -> tuple[list[Conversation], list[ReadReport]]:
+    """`read_conversations` over one path or several; returns all conversations and one report per file."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    conversations, reports = [], []
+    for path in paths:
+        read, report = read_conversations(path, skip_bad_lines=skip_bad_lines)
+        conversations += read
+        reports.append(report)
+    return conversations, reports
+
+
 def read_texts(paths, skip_bad_lines: bool = False):
     """Every message text of conversation files (`.jsonl`/`.json`), or every non-blank line of text files."""
     for path in map(Path, paths):
@@ -209,7 +220,7 @@ def build_examples(conversations: list[Conversation], tokenizer, max_length: int
             report.pairs += 1
             (first_role, prompt), (second_role, response) = messages[pair_index], messages[pair_index + 1]
             if (first_role, second_role) != ("human", "gpt"):
-                report.skipped[f"not a human -> gpt pair"] += 1
+                report.skipped["not a human -> gpt pair"] += 1
                 continue
             encoded = encode_pair(tokenizer, prompt, response, max_length, end_tokens)
             if encoded is None:
@@ -231,14 +242,11 @@ def load_conversation_dataset(data, tokenizer, max_length: int = 100, skip_bad_l
     """
     from datasets import Dataset
 
-    if isinstance(data, (str, os.PathLike)):
-        data = [data]
-    if isinstance(data, (list, tuple)) and all(isinstance(item, (str, os.PathLike)) for item in data):
-        conversations, bad_lines = [], Counter()
-        for path in data:
-            read, read_report = read_conversations(path, skip_bad_lines=skip_bad_lines)
-            conversations += read
-            bad_lines.update(read_report.skipped_lines)
+    if isinstance(data, (str, os.PathLike)) or (
+        isinstance(data, (list, tuple)) and all(isinstance(item, (str, os.PathLike)) for item in data)
+    ):
+        conversations, read_reports = read_conversation_files(data, skip_bad_lines=skip_bad_lines)
+        bad_lines = sum((r.skipped_lines for r in read_reports), Counter())
     else:
         conversations, bad_lines = conversations_from_dataset(data), Counter()
     examples, report = build_examples(conversations, tokenizer, max_length=max_length)
@@ -259,6 +267,7 @@ __all__ = [
     "conversations_from_dataset",
     "encode_pair",
     "load_conversation_dataset",
+    "read_conversation_files",
     "read_conversations",
     "read_texts",
 ]

@@ -6,22 +6,20 @@ import os
 import tempfile
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainingArguments
 
-from .data import build_examples, read_conversations
-from .metrics import compute_metrics, make_preprocess_logits_for_metrics
-from .training import _to_dataset, smolite_collator
+from .data import build_examples, read_conversation_files
+from .training import examples_to_dataset, smolite_trainer
 
 
 def evaluate_model(model_dir: str | os.PathLike, data, batch_size: int = 64, skip_bad_lines: bool = False):
     """`(metrics, BuildReport)`: the smoothed `loss`, `masked_accuracy`, `masked_perplexity`, `perplexity`, `targets`."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    files = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-    conversations = [c for path in files for c in read_conversations(path, skip_bad_lines=skip_bad_lines)[0]]
+    conversations, _ = read_conversation_files(data, skip_bad_lines=skip_bad_lines)
     examples, report = build_examples(conversations, tokenizer, max_length=model.config.max_position_embeddings)
     if not examples:
-        raise ValueError(f"no example to evaluate in {files}: {report}")
+        raise ValueError(f"no example to evaluate in {data}: {report}")
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=scratch,
@@ -30,15 +28,7 @@ def evaluate_model(model_dir: str | os.PathLike, data, batch_size: int = 64, ski
             use_cpu=not torch.cuda.is_available(),
             disable_tqdm=True,
         )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            data_collator=smolite_collator(tokenizer),
-            eval_dataset=_to_dataset(examples),
-            processing_class=tokenizer,
-            compute_metrics=compute_metrics,
-            preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(model.config.label_smoothing),
-        )
+        trainer = smolite_trainer(model, args, tokenizer, eval_dataset=examples_to_dataset(examples))
         trainer.remove_callback(PrinterCallback)  # stdout is the caller's (`smolite evaluate --json`)
         raw = trainer.evaluate()
     metrics = {

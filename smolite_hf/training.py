@@ -39,7 +39,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_smolite import SmoliteConfig
-from .data import Conversation, build_examples, read_conversations
+from .data import Conversation, build_examples, read_conversation_files
 from .generation import smolite_generation_config
 from .metrics import compute_metrics, make_preprocess_logits_for_metrics
 from .modeling_smolite import SmoliteForCausalLM
@@ -93,10 +93,28 @@ def split_conversations(conversations: list[Conversation], eval_fraction: float,
     return train_set, eval_set
 
 
-def _to_dataset(examples):
+def examples_to_dataset(examples):
+    """A `datasets.Dataset` of the `input_ids` and `labels` of `build_examples` output, or `None` when empty."""
     from datasets import Dataset
 
+    if not examples:
+        return None
     return Dataset.from_dict({"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples]})
+
+
+def smolite_trainer(model, args: TrainingArguments, tokenizer, train_dataset=None, eval_dataset=None, callbacks=()):
+    """A `Trainer` set up for Smolite: dynamic padding, the seed's masked metrics, and `LabelSmoothingGuard`."""
+    return Trainer(
+        model=model,
+        args=args,
+        data_collator=smolite_collator(tokenizer),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(model.config.label_smoothing),
+        callbacks=[LabelSmoothingGuard(), *callbacks],
+    )
 
 
 def _load_tokenizer(tokenizer, from_pretrained, output_dir: Path, resume: bool):
@@ -202,16 +220,12 @@ def train(
             )
         for path in previous:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    files = [builtin_data_path()] if data is None else ([data] if isinstance(data, (str, os.PathLike)) else list(data))
-    conversations, read_reports = [], []
-    for path in files:
-        read, report = read_conversations(path, skip_bad_lines=skip_bad_lines)
-        conversations += read
-        read_reports.append({"file": str(path), "lines": report.lines, "skipped_lines": dict(report.skipped_lines)})
+    conversations, reports = read_conversation_files(data or builtin_data_path(), skip_bad_lines=skip_bad_lines)
+    files = [str(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data or [builtin_data_path()])]
+    read_reports = [{"file": f, "lines": r.lines, "skipped_lines": dict(r.skipped_lines)} for f, r in zip(files, reports)]
     if eval_data is not None:
-        eval_files = [eval_data] if isinstance(eval_data, (str, os.PathLike)) else list(eval_data)
         train_conversations = conversations
-        eval_conversations = [c for path in eval_files for c in read_conversations(path, skip_bad_lines=skip_bad_lines)[0]]
+        eval_conversations = read_conversation_files(eval_data, skip_bad_lines=skip_bad_lines)[0]
     else:
         train_conversations, eval_conversations = split_conversations(conversations, eval_fraction, seed)
 
@@ -228,7 +242,7 @@ def train(
     train_examples, train_report = build_examples(train_conversations, smolite_tokenizer, max_length=window)
     eval_examples, eval_report = build_examples(eval_conversations, smolite_tokenizer, max_length=window)
     if not train_examples:
-        raise ValueError(f"no training example in {[str(f) for f in files]}: {train_report}")
+        raise ValueError(f"no training example in {files}: {train_report}")
 
     steps_per_epoch = max(1, -(-len(train_examples) // (batch_size * gradient_accumulation_steps)))
     total_steps = max_steps if max_steps > 0 else max(1, int(steps_per_epoch * epochs))
@@ -263,16 +277,13 @@ def train(
         dataloader_num_workers=0,
         disable_tqdm=disable_tqdm,
     )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        data_collator=smolite_collator(smolite_tokenizer),
-        train_dataset=_to_dataset(train_examples),
-        eval_dataset=_to_dataset(eval_examples) if eval_examples else None,
-        processing_class=smolite_tokenizer,
-        compute_metrics=compute_metrics,
-        preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(model.config.label_smoothing),
-        callbacks=[LabelSmoothingGuard(), *(callbacks or [])],
+    trainer = smolite_trainer(
+        model,
+        args,
+        smolite_tokenizer,
+        train_dataset=examples_to_dataset(train_examples),
+        eval_dataset=examples_to_dataset(eval_examples),
+        callbacks=callbacks or (),
     )
     checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
     if resume and checkpoint is None:
@@ -301,4 +312,14 @@ def _save_final(trainer: Trainer, tokenizer, output_dir: Path, report: dict) -> 
         shutil.rmtree(staging, ignore_errors=True)
 
 
-__all__ = ["SIZES", "LabelSmoothingGuard", "TrainResult", "builtin_data_path", "smolite_collator", "split_conversations", "train"]
+__all__ = [
+    "SIZES",
+    "LabelSmoothingGuard",
+    "TrainResult",
+    "builtin_data_path",
+    "examples_to_dataset",
+    "smolite_collator",
+    "smolite_trainer",
+    "split_conversations",
+    "train",
+]

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from smolite_hf import SmoliteTokenizer
 from smolite_hf.data import (
