@@ -61,6 +61,12 @@ def _train(args: argparse.Namespace) -> int:
         bf16=args.bf16,
         resume=args.resume,
         overwrite=args.overwrite,
+        lora=args.lora,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        lora_target_modules=tuple(args.lora_target_modules.split(",")),
+        gradient_checkpointing=args.gradient_checkpointing,
         skip_bad_lines=args.skip_bad_lines,
     )
     train_report = result.data_report["train"]
@@ -170,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in DIR")
     train.add_argument("--overwrite", action="store_true", help="start again in a DIR that holds an earlier run")
     train.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines")
+    train.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
+    lora = train.add_argument_group("LoRA (PEFT): train adapters on --from-pretrained instead of all weights")
+    lora.add_argument("--lora", action="store_true", help="train LoRA adapters only (needs the peft package)")
+    lora.add_argument("--lora-r", type=int, default=8, help="adapter rank (default 8)")
+    lora.add_argument("--lora-alpha", type=int, default=16, help="adapter scale numerator (default 16)")
+    lora.add_argument("--lora-dropout", type=float, default=0.05)
+    lora.add_argument("--lora-target-modules", default="q_proj,k_proj,v_proj,o_proj",
+                      help="comma-separated module names (default: the attention projections; also gate_proj, "
+                      "up_proj, down_proj, adapter.down, adapter.up)")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="report loss, masked accuracy and perplexities on conversation files")

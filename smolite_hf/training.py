@@ -36,6 +36,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from accelerate import PartialState
 from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_smolite import SmoliteConfig
@@ -52,6 +53,7 @@ SIZES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, adapter_size=16),
 }
 BUILTIN_DATA = "korean_everyday_chat.jsonl"
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def builtin_data_path() -> Path:
@@ -195,6 +197,12 @@ def train(
     bf16: bool = False,
     resume: bool = False,
     overwrite: bool = False,
+    lora: bool = False,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.05,
+    lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES,
+    gradient_checkpointing: bool = False,
     skip_bad_lines: bool = False,
     callbacks: list | None = None,
     disable_tqdm: bool | None = None,
@@ -208,7 +216,13 @@ def train(
     `from_pretrained`, else is trained on the training conversations with `vocab_size` pieces. Checkpoints are written
     every `save_steps` under `output_dir/checkpoint-N`; `resume=True` continues from the latest one. A folder that
     already holds a run is refused unless `resume` or `overwrite` (which deletes that run's checkpoints) is given.
+
+    `lora=True` (with `from_pretrained`) trains only LoRA adapters (PEFT) of rank `lora_r` on `lora_target_modules`
+    and writes an adapter (`adapter_config.json`, `adapter_model.safetensors`) instead of full weights.
+    `gradient_checkpointing=True` recomputes activations in the backward pass to save memory.
     """
+    if lora and from_pretrained is None:
+        raise ValueError("--lora fine-tunes adapters on a trained model: give --from-pretrained MODEL_DIR.")
     started = time.monotonic()
     output_dir = Path(output_dir)
     previous = sorted(output_dir.glob("checkpoint-*")) + [p for p in (output_dir / "training_report.json",) if p.exists()]
@@ -230,14 +244,28 @@ def train(
         train_conversations, eval_conversations = split_conversations(conversations, eval_fraction, seed)
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    smolite_tokenizer = _load_tokenizer(tokenizer, from_pretrained, output_dir, resume)
-    if smolite_tokenizer is None:
-        texts = [text for conversation in train_conversations for _, text in conversation.messages]
-        smolite_tokenizer = SmoliteTokenizer.train(texts, vocab_size=vocab_size)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    # Under torchrun / accelerate launch the main process makes (and saves) the tokenizer first, the others load it:
+    # every process must train with the same vocabulary, and tokenizers' Unigram trainer is not reproducible.
+    with state.main_process_first():
+        smolite_tokenizer = _load_tokenizer(tokenizer, from_pretrained, output_dir, resume or not state.is_main_process)
+        if smolite_tokenizer is None:
+            texts = [text for conversation in train_conversations for _, text in conversation.messages]
+            smolite_tokenizer = SmoliteTokenizer.train(texts, vocab_size=vocab_size)
+        if state.is_main_process:
+            smolite_tokenizer.save_pretrained(output_dir)
     model = _build_model(from_pretrained, size, config_file, smolite_tokenizer, max_length, seed)
     window = model.config.max_position_embeddings
     smolite_tokenizer.model_max_length = window
-    smolite_tokenizer.save_pretrained(output_dir)
+    generation_config = smolite_generation_config(model.config)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(task_type="CAUSAL_LM", r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                       target_modules=list(lora_target_modules)),
+        )
 
     train_examples, train_report = build_examples(train_conversations, smolite_tokenizer, max_length=window)
     eval_examples, eval_report = build_examples(eval_conversations, smolite_tokenizer, max_length=window)
@@ -276,6 +304,7 @@ def train(
         report_to="none",
         dataloader_num_workers=0,
         disable_tqdm=disable_tqdm,
+        activation_checkpointing=gradient_checkpointing,
     )
     trainer = smolite_trainer(
         model,
@@ -291,11 +320,13 @@ def train(
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = trainer.evaluate() if eval_examples else {}
 
-    model.config.use_cache = True  # the Trainer switches the cache off for training
-    model.generation_config = smolite_generation_config(model.config)
+    base_model = model.get_base_model() if lora else model
+    base_model.config.use_cache = True  # the Trainer switches the cache off for training
+    base_model.generation_config = generation_config
     data_report = {"files": read_reports, "train": train_report.as_dict(), "eval": eval_report.as_dict()}
     elapsed = time.monotonic() - started
-    _save_final(trainer, smolite_tokenizer, output_dir, {"metrics": metrics, "data": data_report, "train_seconds": elapsed})
+    if trainer.is_world_process_zero():
+        _save_final(trainer, smolite_tokenizer, output_dir, {"metrics": metrics, "data": data_report, "train_seconds": elapsed})
     return TrainResult(output_dir, metrics, data_report, elapsed)
 
 
@@ -303,7 +334,9 @@ def _save_final(trainer: Trainer, tokenizer, output_dir: Path, report: dict) -> 
     """Write the final model, tokenizer and report beside the checkpoints, each file replaced atomically."""
     staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
     try:
-        trainer.model.save_pretrained(staging)
+        trainer.model.save_pretrained(staging)  # full weights, or only the adapter for a PEFT model
+        if not (staging / "generation_config.json").exists():
+            trainer.model.get_base_model().generation_config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "training_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         for item in staging.iterdir():
