@@ -105,6 +105,14 @@ def _chat(args: argparse.Namespace) -> int:
     return chat(args.model_dir, prompt=args.prompt, seed=args.seed, device=args.device, dtype=args.dtype, **overrides)
 
 
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_model
+
+    repo_id = push_model(args.model_dir, args.repo_id, private=args.private, token=args.token, license=args.license)
+    print(f"Uploaded {args.model_dir} to https://huggingface.co/{repo_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smolite", description="Smolite for the Hugging Face stack.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -213,6 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     chat.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     chat.set_defaults(run=_chat)
+
+    push = commands.add_parser(
+        "push",
+        help="upload a model folder to the Hugging Face Hub with a generated model card",
+        description="Upload MODEL_DIR (model, tokenizer, source files for trust_remote_code, and a generated model "
+        "card) to a Hub repository in one commit. The local folder is only read.",
+    )
+    push.add_argument("model_dir", metavar="MODEL_DIR")
+    push.add_argument("--repo-id", required=True, metavar="NAME", help="user/name or org/name")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token", help="a Hub token with write access (default: the logged-in one or HF_TOKEN)")
+    push.add_argument("--license", default="apache-2.0", help="the license in the model card (default apache-2.0)")
+    push.set_defaults(run=_push)
     return parser
 
 

@@ -20,6 +20,8 @@ NumPy forward pass of the Keras weights, and only then renamed into place.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -363,8 +365,8 @@ def convert_keras_to_hf(
 ) -> Path:
     """Convert a Keras `*.weights.h5` file into a folder that `AutoModelForCausalLM.from_pretrained` loads.
 
-    Writes `config.json`, `model.safetensors`, `generation_config.json` and the model's source files (for
-    `trust_remote_code` loading). With `tokenizer` (the original SentencePiece `.model`), the folder also gets the
+    Writes `config.json`, `model.safetensors`, `generation_config.json`, the model's source files (for
+    `trust_remote_code` loading) and `conversion_report.json` (source file, its sha256, the verified difference). With `tokenizer` (the original SentencePiece `.model`), the folder also gets the
     converted tokenizer (`AutoTokenizer` loads it), and the special-token ids in the config are read from it; its
     vocabulary must have the weights' size. Extra keyword arguments go to `SmoliteConfig`.
     Returns the output folder. Raises `SmoliteConversionError` (a `ValueError`) for a file that is not a Smolite
@@ -417,13 +419,20 @@ def convert_keras_to_hf(
         if smolite_tokenizer is not None:
             smolite_tokenizer.save_pretrained(tmp_dir)
         reloaded = SmoliteForCausalLM.from_pretrained(tmp_dir).eval()
-        verify_conversion(
+        difference = verify_conversion(
             weights,
             reloaded,
             rope_theta=config.rope_parameters["rope_theta"],
             eps=config.layer_norm_eps,
             seq_len=min(max_position_embeddings, 32),
         )
+        report = {
+            "keras_weights": Path(keras_weights).name,
+            "keras_weights_sha256": hashlib.sha256(Path(keras_weights).read_bytes()).hexdigest(),
+            "tokenizer": Path(tokenizer).name if tokenizer is not None else None,
+            "max_abs_logit_difference": difference,
+        }
+        (tmp_dir / "conversion_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         _move_into_place(tmp_dir, output_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
