@@ -43,8 +43,11 @@ class FakeHubApi:
 
 @pytest.fixture
 def fake_hub(monkeypatch):
+    import huggingface_hub.constants
+
     api = FakeHubApi()
     monkeypatch.setattr(transformers_hub, "_hf_api", api)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # push_to_hub first looks for a remote card
     return api
 
 
