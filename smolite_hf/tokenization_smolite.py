@@ -14,6 +14,10 @@ that a default conversion misses, and the pipeline here reproduces each:
    characters. Here they get a score no segmentation can prefer, and runs of characters outside the vocabulary are
    isolated, so that they become one `<unk>` each (consecutive unknown characters fuse, as in SentencePiece).
 4. `<unk>` decodes to ` ⁇ `.
+5. It sums path scores in float32, whose rounding decides between segmentations that use the same pieces in another
+   order (long runs of one character); `tokenizers` sums in float64. Encoding therefore runs
+   `SentencePieceSegmenter`, a float32 port of SentencePiece's Viterbi, as the pre-tokenizer; `tokenizer.json` keeps
+   the portable Rust pipeline (items 1-4), which other runtimes can load and which differs only in that tie order.
 
 Known differences from SentencePiece, on text that chat data does not contain: sequences of several combining marks
 (NFKC reorders them canonically, SentencePiece's map does not) and code points added to Unicode after the version
@@ -35,6 +39,9 @@ SPECIAL_PIECES = [PAD, UNK, START, SEP, END]
 USER_DEFINED_PIECES = [START, SEP, END]
 SPECIAL_TOKENS = {"pad_token": PAD, "unk_token": UNK, "bos_token": START, "sep_token": SEP, "eos_token": END}
 UNKNOWN_SURFACE = " \u2047 "  # how SentencePiece decodes <unk>
+# sentencepiece scores a user-defined piece of n bytes as n * 0.1 - 0.1 (measured with sentencepiece 0.2 through
+# NBestEncode: "<start>" scores 0.6, "<sep>" 0.4), which makes it win over any segmentation of the same characters.
+USER_DEFINED_BONUS = 0.1
 # Score of pieces that must never come out of text (control pieces, <unk>); far below any real segmentation.
 UNREACHABLE_SCORE = -1e9
 
@@ -150,6 +157,64 @@ def build_backend(pieces: list[tuple[str, float, str]], unk_id: int) -> Tokenize
     return backend
 
 
+class SentencePieceSegmenter:
+    """SentencePiece's Unigram Viterbi (`EncodeOptimized`) over a whole normalised string, in float32 as it is there.
+
+    `tokenizers` sums path scores in float64; SentencePiece sums them in float32, whose rounding decides between
+    segmentations that use the same pieces in another order (ties in exact arithmetic, e.g. long runs of one
+    character). As a pre-tokenizer, this splits the normalised text into exactly SentencePiece's pieces (runs of
+    unknown characters merged, as SentencePiece merges them), and the Unigram model then maps each split to its id.
+    """
+
+    def __init__(self, vocab: list[tuple[str, float]]):
+        import numpy as np
+
+        self._f32 = np.float32
+        user_defined = set(USER_DEFINED_PIECES)
+        normal = [(piece, score) for piece, score in vocab if score > UNREACHABLE_SCORE / 2 and piece not in user_defined]
+        self.unk_score = min(np.float32(score) for _, score in normal) - np.float32(10.0)
+        self.pieces = {piece: (np.float32(score), False) for piece, score in normal}
+        self.pieces.update({piece: (None, True) for piece, _ in vocab if piece in user_defined})
+        self.max_length = max(len(piece) for piece in self.pieces)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        f32, n = self._f32, len(text)
+        score, start_of, unknown = [f32(0.0)] + [None] * n, [None] * (n + 1), [False] * (n + 1)
+        for start in range(n):
+            till, has_single = score[start], False
+            for end in range(start + 1, min(n, start + self.max_length) + 1):
+                entry = self.pieces.get(text[start:end])
+                if entry is None:
+                    continue
+                piece_score, user_defined = entry
+                if user_defined:  # "extra bonus to always be selected": 0.1 per byte - 0.1, as sentencepiece scores it
+                    piece_score = f32(float(f32(len(text[start:end].encode("utf-8"))) * USER_DEFINED_BONUS) - 0.1)
+                exact = candidate = piece_score + till  # float32 addition
+                if score[end] is None or start_of[end] is None or exact > float(score[end]):
+                    score[end], start_of[end], unknown[end] = candidate, start, False
+                has_single = has_single or end == start + 1
+            if not has_single:
+                candidate = self.unk_score + till
+                if start_of[start + 1] is None or candidate > score[start + 1]:
+                    score[start + 1], start_of[start + 1], unknown[start + 1] = candidate, start, True
+        spans, end = [], n
+        while end > 0:
+            spans.append((start_of[end], end, unknown[end]))
+            end = start_of[end]
+        merged: list[tuple[int, int]] = []
+        previous_unknown = False
+        for start, end, is_unknown in reversed(spans):
+            if is_unknown and previous_unknown:
+                merged[-1] = (merged[-1][0], end)
+            else:
+                merged.append((start, end))
+            previous_unknown = is_unknown
+        return merged
+
+    def pre_tokenize(self, pretokenized) -> None:
+        pretokenized.split(lambda _, normalized: [normalized[a:b] for a, b in self.spans(str(normalized))])
+
+
 class SmoliteTokenizer(TokenizersBackend):
     """Smolite's SentencePiece Unigram tokenizer on the fast (`tokenizers`) backend.
 
@@ -256,6 +321,55 @@ class SmoliteTokenizer(TokenizersBackend):
         if [piece for piece, _, _ in pieces[: len(SPECIAL_PIECES)]] != SPECIAL_PIECES:
             raise AssertionError(f"special pieces not at ids 0-4: {pieces[:5]}")
         return cls.from_backend(build_backend(pieces, unk_id=1), SPECIAL_TOKENS, **kwargs)
+
+    # Encoding runs SentencePieceSegmenter (Python) as the pre-tokenizer; tokenizer.json keeps the portable Rust
+    # pipeline (identical but for float32 tie order), which is what is saved and pickled.
+
+    def _exact_segmentation(self) -> None:
+        if getattr(self, "_portable_pre_tokenizer", None) is None:
+            vocab = json.loads(self._tokenizer.to_str())["model"]["vocab"]
+            self._portable_pre_tokenizer = self._tokenizer.pre_tokenizer
+            self._tokenizer.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(SentencePieceSegmenter(vocab))
+
+    def _portable(self):
+        """A context in which the backend holds its serialisable (Rust-only) pre-tokenizer."""
+        tokenizer = self
+
+        class Portable:
+            def __enter__(self):
+                tokenizer._runtime_pre_tokenizer = None
+                if getattr(tokenizer, "_portable_pre_tokenizer", None) is not None:
+                    tokenizer._runtime_pre_tokenizer = tokenizer._tokenizer.pre_tokenizer
+                    tokenizer._tokenizer.pre_tokenizer = tokenizer._portable_pre_tokenizer
+
+            def __exit__(self, *exc):
+                if tokenizer._runtime_pre_tokenizer is not None:
+                    tokenizer._tokenizer.pre_tokenizer = tokenizer._runtime_pre_tokenizer
+                return False
+
+        return Portable()
+
+    def _encode_plus(self, *args, **kwargs):
+        self._exact_segmentation()
+        return super()._encode_plus(*args, **kwargs)
+
+    def _encode_without_added_tokens(self, text: str) -> list[int]:
+        self._exact_segmentation()
+        return super()._encode_without_added_tokens(text)
+
+    def _save_pretrained(self, *args, **kwargs):
+        with self._portable():
+            return super()._save_pretrained(*args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        with self._portable():
+            state["_tokenizer"] = Tokenizer.from_str(self._tokenizer.to_str())
+        state["_portable_pre_tokenizer"] = state["_runtime_pre_tokenizer"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
     def train_new_from_iterator(self, text_iterator, vocab_size, length=None, new_special_tokens=None, **kwargs):
         """Train a new Smolite tokenizer (same pipeline and special pieces) on `text_iterator`."""

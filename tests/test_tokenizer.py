@@ -99,35 +99,34 @@ TEXT_PARTS = st.one_of(
 )
 
 
-def assert_same_or_float32_tie(ids, expected, spm):
-    """Equal ids, or the one known difference: an exactly tied segmentation ordered differently.
-
-    SentencePiece sums path scores in float32, whose rounding splits ties between the same pieces in another order
-    (long runs of one character); `tokenizers` sums in float64, keeps the tie and breaks it by position.
-    """
-    if ids == expected:
-        return
-    assert sorted(ids) == sorted(expected), (ids, expected)
-    assert sum(spm.get_score(i) for i in ids) == sum(spm.get_score(i) for i in expected), (ids, expected)
-    assert spm.decode(ids) == spm.decode(expected)
-
-
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(TEXT_PARTS, max_size=40).map("".join))
 def test_property_encode_and_decode_equal_sentencepiece(tokenizer, spm, text):
     ids = tokenizer(text)["input_ids"]
-    assert_same_or_float32_tie(ids, spm.encode(text), spm)
+    assert ids == spm.encode(text)
     assert tokenizer.decode(ids) == spm.decode(ids)
 
 
-def test_runs_of_one_character_differ_only_by_tie_order(tokenizer, spm):
-    differing = 0
+def test_runs_of_one_character_keep_sentencepiece_float32_tie_order(tokenizer, spm):
+    """Segmentations with the same pieces in another order tie in exact arithmetic; float32 rounding decides."""
     for character in "-014ㅋ.!":
         for n in range(1, 61):
-            ids, expected = tokenizer(character * n)["input_ids"], spm.encode(character * n)
-            assert_same_or_float32_tie(ids, expected, spm)
-            differing += ids != expected
-    assert differing < 60  # the tie cases are a minority even in this worst case
+            for text in (character * n, f"<start> {character * n} <sep>", f"안녕{character * n}<end>{character * n}"):
+                assert tokenizer(text)["input_ids"] == spm.encode(text), text
+
+
+def test_saved_tokenizer_json_is_the_portable_pipeline(tokenizer, tmp_path):
+    """tokenizer.json holds no Python component (other runtimes load it); encoding still uses the exact segmenter."""
+    from tokenizers import Tokenizer
+
+    tokenizer("warm up")  # installs the exact segmenter
+    tokenizer.save_pretrained(tmp_path)
+    portable = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    portable.encode_special_tokens = True  # what split_special_tokens=True in tokenizer_config.json sets
+    assert portable.encode("<start> 안녕하세요 <sep>").ids == tokenizer("<start> 안녕하세요 <sep>")["input_ids"]
+    import pickle
+
+    assert pickle.loads(pickle.dumps(tokenizer))("-" * 30)["input_ids"] == tokenizer("-" * 30)["input_ids"]
 
 
 def test_special_ids_and_defaults(tokenizer, spm):
