@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import Unigram
@@ -331,23 +332,17 @@ class SmoliteTokenizer(TokenizersBackend):
             self._portable_pre_tokenizer = self._tokenizer.pre_tokenizer
             self._tokenizer.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(SentencePieceSegmenter(vocab))
 
+    @contextmanager
     def _portable(self):
-        """A context in which the backend holds its serialisable (Rust-only) pre-tokenizer."""
-        tokenizer = self
-
-        class Portable:
-            def __enter__(self):
-                tokenizer._runtime_pre_tokenizer = None
-                if getattr(tokenizer, "_portable_pre_tokenizer", None) is not None:
-                    tokenizer._runtime_pre_tokenizer = tokenizer._tokenizer.pre_tokenizer
-                    tokenizer._tokenizer.pre_tokenizer = tokenizer._portable_pre_tokenizer
-
-            def __exit__(self, *exc):
-                if tokenizer._runtime_pre_tokenizer is not None:
-                    tokenizer._tokenizer.pre_tokenizer = tokenizer._runtime_pre_tokenizer
-                return False
-
-        return Portable()
+        """Within this context the backend holds its serialisable (Rust-only) pre-tokenizer."""
+        runtime = None
+        if getattr(self, "_portable_pre_tokenizer", None) is not None:
+            runtime, self._tokenizer.pre_tokenizer = self._tokenizer.pre_tokenizer, self._portable_pre_tokenizer
+        try:
+            yield
+        finally:
+            if runtime is not None:
+                self._tokenizer.pre_tokenizer = runtime
 
     def _encode_plus(self, *args, **kwargs):
         self._exact_segmentation()
@@ -365,7 +360,7 @@ class SmoliteTokenizer(TokenizersBackend):
         state = dict(self.__dict__)
         with self._portable():
             state["_tokenizer"] = Tokenizer.from_str(self._tokenizer.to_str())
-        state["_portable_pre_tokenizer"] = state["_runtime_pre_tokenizer"] = None
+        state["_portable_pre_tokenizer"] = None
         return state
 
     def __setstate__(self, state):
