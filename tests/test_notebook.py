@@ -1,6 +1,5 @@
 """notebooks/quickstart.ipynb runs top to bottom (tiny settings) and is committed without outputs."""
 
-import os
 
 import nbformat
 from nbclient import NotebookClient
