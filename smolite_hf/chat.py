@@ -59,6 +59,17 @@ def fit_to_window(tokenizer, messages: list[dict], window: int, min_reply_room: 
         return start + ids[len(ids) - (limit - len(start)) :]
 
 
+def prepare_generation(model, tokenizer, messages: list[dict], generation_config: GenerationConfig | None = None,
+                       min_reply_room: int = 20, **overrides) -> tuple[torch.Tensor, GenerationConfig]:
+    """`(input_ids, generation_config)` for answering `messages` under the window rule (see the module doc)."""
+    window = model.config.max_position_embeddings
+    prompt = fit_to_window(tokenizer, messages, window, min(min_reply_room, window // 2))
+    config = copy.deepcopy(generation_config or model.generation_config)
+    config.update(**overrides)
+    config.max_new_tokens = min(config.max_new_tokens or window, window - len(prompt))
+    return torch.tensor([prompt], device=model.device), config
+
+
 def generate_reply(
     model,
     tokenizer,
@@ -69,15 +80,10 @@ def generate_reply(
     **overrides,
 ) -> str:
     """The assistant's reply to `messages` (chat-template dicts), decoded without special tokens."""
-    window = model.config.max_position_embeddings
-    prompt = fit_to_window(tokenizer, messages, window, min(min_reply_room, window // 2))
-    config = copy.deepcopy(generation_config or model.generation_config)
-    config.update(**overrides)
-    config.max_new_tokens = min(config.max_new_tokens or window, window - len(prompt))
-    input_ids = torch.tensor([prompt], device=model.device)
+    input_ids, config = prepare_generation(model, tokenizer, messages, generation_config, min_reply_room, **overrides)
     with torch.no_grad():
         output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config, streamer=streamer)
-    return tokenizer.decode(output[0, len(prompt) :], skip_special_tokens=True).strip()
+    return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def chat(model_dir, prompt: str | None = None, seed: int | None = None, device: str | None = None,
@@ -108,4 +114,4 @@ def chat(model_dir, prompt: str | None = None, seed: int | None = None, device: 
     return 0
 
 
-__all__ = ["ModelFolderError", "chat", "fit_to_window", "generate_reply", "load_chat_model"]
+__all__ = ["ModelFolderError", "chat", "fit_to_window", "generate_reply", "load_chat_model", "prepare_generation"]

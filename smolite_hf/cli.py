@@ -105,6 +105,14 @@ def _chat(args: argparse.Namespace) -> int:
     return chat(args.model_dir, prompt=args.prompt, seed=args.seed, device=args.device, dtype=args.dtype, **overrides)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import ServeLimits, serve
+
+    limits = ServeLimits(max_message_chars=args.max_message_chars, max_new_tokens=args.max_new_tokens,
+                         max_waiting=args.max_waiting)
+    return serve(args.model_dir, host=args.host, port=args.port, device=args.device, dtype=args.dtype, limits=limits)
+
+
 def _push(args: argparse.Namespace) -> int:
     from .hub import push_model
 
@@ -221,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     chat.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     chat.set_defaults(run=_chat)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a model folder: a chat page and a streaming (SSE) chat API on this machine",
+        description="Load MODEL_DIR once and serve GET / (a chat page), GET /api/chat?message=... and POST /api/chat "
+        "(Server-Sent Events: {\"char\": ...} pieces, then {\"done\": true} or {\"error\": ...}) and GET /health. "
+        "Binds to 127.0.0.1 unless --host says otherwise.",
+    )
+    serve.add_argument("model_dir", metavar="MODEL_DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-message-chars", type=int, default=1000, help="longest accepted message (default 1000)")
+    serve.add_argument("--max-new-tokens", type=int, default=100, help="cap on a reply's new tokens (default 100)")
+    serve.add_argument("--max-waiting", type=int, default=32, help="queued requests before 503 (default 32)")
+    serve.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    serve.set_defaults(run=_serve)
 
     push = commands.add_parser(
         "push",
