@@ -14,33 +14,23 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
-
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TextStreamer
+from transformers import GenerationConfig, TextStreamer
+
+from .folders import ModelFolderError, check_model_folder, load_model, load_tokenizer
 
 
-class ModelFolderError(ValueError):
-    """A model folder that is missing or incomplete; the message names the folder and the file."""
-
-
-def load_chat_model(model_dir: str | os.PathLike, device: str | None = None, dtype: str = "float32"):
+def load_chat_model(model_dir: str | os.PathLike, device: str | None = None, dtype: str = "float32",
+                    allow_pickle: bool = False):
     """`(model, tokenizer)` from a folder written by `smolite train` / `smolite convert --tokenizer`.
 
-    `device` defaults to CUDA when available, else CPU; `dtype` is `float32` or `bfloat16`.
+    The folder is checked first (`smolite_hf.folders.check_model_folder`: a `ModelFolderError` names the file and
+    the problem). `device` defaults to CUDA when available, else CPU; `dtype` is `float32` or `bfloat16`.
     """
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        raise ModelFolderError(f"{folder}: no such model folder.")
-    for name in ("config.json", "tokenizer.json"):
-        if not (folder / name).is_file():
-            raise ModelFolderError(f"{folder}: {name} is missing; is this a complete Smolite model folder?")
-    if not any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
-        raise ModelFolderError(f"{folder}: model.safetensors is missing; is this a complete Smolite model folder?")
+    check_model_folder(model_dir, allow_pickle=allow_pickle)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return model, tokenizer
+    model = load_model(model_dir, allow_pickle=allow_pickle, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, load_tokenizer(model_dir)
 
 
 def fit_to_window(tokenizer, messages: list[dict], window: int, min_reply_room: int) -> list[int]:
@@ -87,9 +77,9 @@ def generate_reply(
 
 
 def chat(model_dir, prompt: str | None = None, seed: int | None = None, device: str | None = None,
-         dtype: str = "float32", **overrides) -> int:
+         dtype: str = "float32", allow_pickle: bool = False, **overrides) -> int:
     """Answer `prompt` once (streamed to stdout), or hold an interactive conversation until `quit` / Ctrl-C / EOF."""
-    model, tokenizer = load_chat_model(model_dir, device=device, dtype=dtype)
+    model, tokenizer = load_chat_model(model_dir, device=device, dtype=dtype, allow_pickle=allow_pickle)
     if seed is not None:
         torch.manual_seed(seed)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -68,6 +68,7 @@ def _train(args: argparse.Namespace) -> int:
         lora_target_modules=tuple(args.lora_target_modules.split(",")),
         gradient_checkpointing=args.gradient_checkpointing,
         skip_bad_lines=args.skip_bad_lines,
+        allow_pickle=args.allow_pickle,
     )
     train_report = result.data_report["train"]
     print(f"Trained on {train_report['used']} examples in {result.train_seconds:.0f} s -> {result.output_dir}")
@@ -82,7 +83,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .evaluation import evaluate_model
 
-    metrics, report = evaluate_model(args.model_dir, args.data, batch_size=args.batch_size, skip_bad_lines=args.skip_bad_lines)
+    metrics, report = evaluate_model(args.model_dir, args.data, batch_size=args.batch_size,
+                                     skip_bad_lines=args.skip_bad_lines, allow_pickle=args.allow_pickle)
     if args.json:
         print(json.dumps({"metrics": metrics, "data": report.as_dict()}, ensure_ascii=False))
     else:
@@ -102,7 +104,8 @@ def _chat(args: argparse.Namespace) -> int:
     for name in ("temperature", "top_p", "max_new_tokens"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    return chat(args.model_dir, prompt=args.prompt, seed=args.seed, device=args.device, dtype=args.dtype, **overrides)
+    return chat(args.model_dir, prompt=args.prompt, seed=args.seed, device=args.device, dtype=args.dtype,
+                allow_pickle=args.allow_pickle, **overrides)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -110,7 +113,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     limits = ServeLimits(max_message_chars=args.max_message_chars, max_new_tokens=args.max_new_tokens,
                          max_waiting=args.max_waiting)
-    return serve(args.model_dir, host=args.host, port=args.port, device=args.device, dtype=args.dtype, limits=limits)
+    return serve(args.model_dir, host=args.host, port=args.port, device=args.device, dtype=args.dtype, limits=limits,
+                 allow_pickle=args.allow_pickle)
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -201,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-target-modules", default="q_proj,k_proj,v_proj,o_proj",
                       help="comma-separated module names (default: the attention projections; also gate_proj, "
                       "up_proj, down_proj, adapter.down, adapter.up)")
+    train.add_argument("--allow-pickle", action="store_true",
+                        help="load pytorch_model.bin (pickle) weights; only for files you trust")
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("evaluate", help="report loss, masked accuracy and perplexities on conversation files")
@@ -209,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--skip-bad-lines", action="store_true")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--allow-pickle", action="store_true",
+                        help="load pytorch_model.bin (pickle) weights; only for files you trust")
     evaluate.set_defaults(run=_evaluate)
 
     chat = commands.add_parser(
@@ -228,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, help="make sampling reproducible")
     chat.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     chat.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    chat.add_argument("--allow-pickle", action="store_true",
+                        help="load pytorch_model.bin (pickle) weights; only for files you trust")
     chat.set_defaults(run=_chat)
 
     serve = commands.add_parser(
@@ -245,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-waiting", type=int, default=32, help="queued requests before 503 (default 32)")
     serve.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    serve.add_argument("--allow-pickle", action="store_true",
+                        help="load pytorch_model.bin (pickle) weights; only for files you trust")
     serve.set_defaults(run=_serve)
 
     push = commands.add_parser(

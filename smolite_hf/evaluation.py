@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainingArguments
+from transformers import PrinterCallback, TrainingArguments
 
 from .data import build_examples, read_conversation_files
+from .folders import check_model_folder, load_model, load_tokenizer
 from .training import examples_to_dataset, smolite_trainer
 
 
-def evaluate_model(model_dir: str | os.PathLike, data, batch_size: int = 64, skip_bad_lines: bool = False):
-    """`(metrics, BuildReport)`: the smoothed `loss`, `masked_accuracy`, `masked_perplexity`, `perplexity`, `targets`."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+def evaluate_model(model_dir: str | os.PathLike, data, batch_size: int = 64, skip_bad_lines: bool = False,
+                   allow_pickle: bool = False):
+    """`(metrics, BuildReport)`: the smoothed `loss`, `masked_accuracy`, `masked_perplexity`, `perplexity`, `targets`.
+
+    A local `model_dir` is checked first (`smolite_hf.folders`); pickle weights only with `allow_pickle`."""
+    if Path(model_dir).exists():
+        check_model_folder(model_dir, allow_pickle=allow_pickle)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, allow_pickle=allow_pickle)
     conversations, _ = read_conversation_files(data, skip_bad_lines=skip_bad_lines)
     examples, report = build_examples(conversations, tokenizer, max_length=model.config.max_position_embeddings)
     if not examples:

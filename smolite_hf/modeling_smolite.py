@@ -10,6 +10,9 @@ Differences from Llama, each matching the original:
 - the output projection is tied to the embedding, and the model's own loss is label-smoothed cross entropy.
 """
 
+import hashlib
+import json
+import os
 from collections.abc import Callable
 
 import torch
@@ -29,6 +32,27 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_smolite import SmoliteConfig
+
+WEIGHT_CHECKSUMS = "checksums.json"
+
+
+def write_weight_checksums(folder) -> dict:
+    """Write `folder/checksums.json` for its `*.safetensors` files (atomically: a temporary file, then a rename)."""
+    folder = os.fspath(folder)
+    files = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            digest = hashlib.sha256()
+            with open(os.path.join(folder, name), "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+            files[name] = {"sha256": digest.hexdigest(), "size": os.path.getsize(os.path.join(folder, name))}
+    record = {"algorithm": "sha256", "files": files}
+    temporary = os.path.join(folder, f".{WEIGHT_CHECKSUMS}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2)
+    os.replace(temporary, os.path.join(folder, WEIGHT_CHECKSUMS))
+    return record
 
 
 def label_smoothed_causal_lm_loss(
@@ -264,6 +288,16 @@ class SmolitePreTrainedModel(PreTrainedModel):
         "attentions": SmoliteAttention,
     }
 
+    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
+        """`PreTrainedModel.save_pretrained`, then `checksums.json`: the SHA-256 and size of every weight file.
+
+        safetensors verifies only a file's header, so a flipped bit inside the tensor data would load silently; the
+        `smolite` commands compare these checksums before loading a folder (`smolite_hf.folders`).
+        """
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            write_weight_checksums(save_directory)
+
 
 class SmoliteModel(SmolitePreTrainedModel):
     def __init__(self, config: SmoliteConfig):
@@ -439,4 +473,10 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = ["SmoliteForCausalLM", "SmoliteModel", "SmolitePreTrainedModel", "label_smoothed_causal_lm_loss"]
+__all__ = [
+    "SmoliteForCausalLM",
+    "SmoliteModel",
+    "SmolitePreTrainedModel",
+    "label_smoothed_causal_lm_loss",
+    "write_weight_checksums",
+]

@@ -324,13 +324,13 @@ async def _bad_request(request: Request, error: BadRequest) -> JSONResponse:
 
 
 def serve(model_dir, host: str = "127.0.0.1", port: int = 8000, device: str | None = None, dtype: str = "float32",
-          limits: ServeLimits | None = None, log_level: str = "info") -> int:
+          limits: ServeLimits | None = None, log_level: str = "info", allow_pickle: bool = False) -> int:
     """Load the model folder once and serve it until Ctrl-C."""
     import uvicorn
 
     from .chat import load_chat_model
 
-    model, tokenizer = load_chat_model(model_dir, device=device, dtype=dtype)
+    model, tokenizer = load_chat_model(model_dir, device=device, dtype=dtype, allow_pickle=allow_pickle)
     server = ChatServer(model, tokenizer, limits, name=str(model_dir))
     where = "only this machine can connect" if host in ("127.0.0.1", "localhost", "::1") else "reachable from the network"
     print(f"Serving {model_dir} on http://{host}:{port}/ ({where}; --host to change). Ctrl-C stops.", flush=True)

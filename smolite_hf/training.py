@@ -28,8 +28,6 @@ from pathlib import Path
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     DataCollatorForSeq2Seq,
     Trainer,
     TrainerCallback,
@@ -37,10 +35,10 @@ from transformers import (
     set_seed,
 )
 from accelerate import PartialState
-from transformers.trainer_utils import get_last_checkpoint
 
 from .configuration_smolite import SmoliteConfig
 from .data import Conversation, build_examples, read_conversation_files
+from .folders import check_model_folder, last_complete_checkpoint, load_model, load_tokenizer, replace_folder_contents
 from .generation import smolite_generation_config
 from .metrics import compute_metrics, make_preprocess_logits_for_metrics
 from .modeling_smolite import SmoliteForCausalLM
@@ -121,19 +119,19 @@ def smolite_trainer(model, args: TrainingArguments, tokenizer, train_dataset=Non
 
 def _load_tokenizer(tokenizer, from_pretrained, output_dir: Path, resume: bool):
     if resume and (output_dir / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(output_dir)  # the run being resumed made it
+        return load_tokenizer(output_dir)  # the run being resumed made it
     if tokenizer is not None:
         if str(tokenizer).endswith(".model"):
             return SmoliteTokenizer.from_sentencepiece(tokenizer)
-        return AutoTokenizer.from_pretrained(tokenizer)
+        return load_tokenizer(tokenizer)
     if from_pretrained is not None:
-        return AutoTokenizer.from_pretrained(from_pretrained)
+        return load_tokenizer(from_pretrained)
     return None
 
 
-def _build_model(from_pretrained, size, config_file, tokenizer, max_length, seed):
+def _build_model(from_pretrained, size, config_file, tokenizer, max_length, seed, allow_pickle=False):
     if from_pretrained is not None:
-        model = AutoModelForCausalLM.from_pretrained(from_pretrained)
+        model = load_model(from_pretrained, allow_pickle=allow_pickle)
         if model.config.vocab_size < len(tokenizer):
             raise ValueError(
                 f"the tokenizer has {len(tokenizer)} pieces but the model in {from_pretrained} only "
@@ -204,6 +202,7 @@ def train(
     lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES,
     gradient_checkpointing: bool = False,
     skip_bad_lines: bool = False,
+    allow_pickle: bool = False,
     callbacks: list | None = None,
     disable_tqdm: bool | None = None,
 ) -> TrainResult:
@@ -214,8 +213,11 @@ def train(
     `from_pretrained` (a folder or Hub id), else from `config_file` (a JSON of `SmoliteConfig` fields), else from the
     `size` preset. The tokenizer comes from `tokenizer` (a folder or an original `.model`), else from
     `from_pretrained`, else is trained on the training conversations with `vocab_size` pieces. Checkpoints are written
-    every `save_steps` under `output_dir/checkpoint-N`; `resume=True` continues from the latest one. A folder that
-    already holds a run is refused unless `resume` or `overwrite` (which deletes that run's checkpoints) is given.
+    every `save_steps` under `output_dir/checkpoint-N`; `resume=True` continues from the latest complete one (a
+    checkpoint the run was killed while writing is removed, with a message). A folder that already holds a run is
+    refused unless `resume` or `overwrite` (which deletes that run's checkpoints) is given. The final model is moved
+    in by `folders.replace_folder_contents`, so a kill during that save leaves no folder that loads.
+    A local `from_pretrained` folder is checked first (`smolite_hf.folders`); pickle weights only with `allow_pickle`.
 
     `lora=True` (with `from_pretrained`) trains only LoRA adapters (PEFT) of rank `lora_r` on `lora_target_modules`
     and writes an adapter (`adapter_config.json`, `adapter_model.safetensors`) instead of full weights.
@@ -224,6 +226,8 @@ def train(
     if lora and from_pretrained is None:
         raise ValueError("--lora fine-tunes adapters on a trained model: give --from-pretrained MODEL_DIR.")
     started = time.monotonic()
+    if from_pretrained is not None and Path(from_pretrained).exists():  # refuse a damaged folder before any work
+        check_model_folder(from_pretrained, tokenizer=tokenizer is None, allow_pickle=allow_pickle)
     output_dir = Path(output_dir)
     previous = sorted(output_dir.glob("checkpoint-*")) + [p for p in (output_dir / "training_report.json",) if p.exists()]
     if previous and not resume:
@@ -254,7 +258,7 @@ def train(
             smolite_tokenizer = SmoliteTokenizer.train(texts, vocab_size=vocab_size)
         if state.is_main_process:
             smolite_tokenizer.save_pretrained(output_dir)
-    model = _build_model(from_pretrained, size, config_file, smolite_tokenizer, max_length, seed)
+    model = _build_model(from_pretrained, size, config_file, smolite_tokenizer, max_length, seed, allow_pickle)
     window = model.config.max_position_embeddings
     smolite_tokenizer.model_max_length = window
     generation_config = smolite_generation_config(model.config)
@@ -314,7 +318,10 @@ def train(
         eval_dataset=examples_to_dataset(eval_examples),
         callbacks=callbacks or (),
     )
-    checkpoint = get_last_checkpoint(str(output_dir)) if resume else None
+    checkpoint = None
+    if resume:  # the main process removes incomplete checkpoints (with a message) before the others look
+        with state.main_process_first():
+            checkpoint = last_complete_checkpoint(output_dir, report=print if state.is_main_process else lambda _: None)
     if resume and checkpoint is None:
         print(f"smolite train: no checkpoint in {output_dir} to resume from; starting from the beginning.")
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -331,7 +338,10 @@ def train(
 
 
 def _save_final(trainer: Trainer, tokenizer, output_dir: Path, report: dict) -> None:
-    """Write the final model, tokenizer and report beside the checkpoints, each file replaced atomically."""
+    """Write the final model, tokenizer and report beside the checkpoints: everything into a staging folder first,
+    then moved in by `replace_folder_contents` (a kill midway leaves a folder no loader accepts, never a mix)."""
+    for old in output_dir.glob(".final-*"):  # the staging folder of a save that was killed
+        shutil.rmtree(old, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".final-", dir=output_dir))
     try:
         trainer.model.save_pretrained(staging)  # full weights, or only the adapter for a PEFT model
@@ -339,8 +349,7 @@ def _save_final(trainer: Trainer, tokenizer, output_dir: Path, report: dict) -> 
             trainer.model.get_base_model().generation_config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "training_report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-        for item in staging.iterdir():
-            os.replace(item, output_dir / item.name)
+        replace_folder_contents(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

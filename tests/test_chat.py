@@ -113,4 +113,4 @@ def test_missing_or_incomplete_folder(converted_dir, tmp_path, missing):
         (folder / missing).unlink()
     done = run("chat", str(folder), "--prompt", "x")
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert (f"{missing} is missing" if missing else "no such model folder") in done.stderr
+    assert (f"{folder / missing}: missing" if missing else "no such model folder") in done.stderr

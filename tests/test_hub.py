@@ -62,8 +62,10 @@ def test_push_sends_one_commit_with_everything_a_remote_code_user_needs(fake_hub
     assert set(fake_hub.files) == {
         "README.md", "config.json", "configuration_smolite.py", "modeling_smolite.py", "model.safetensors",
         "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenization_smolite.py",
-        "chat_template.jinja",
+        "chat_template.jinja", "checksums.json",
     }
+    recorded = json.loads(fake_hub.files["checksums.json"])["files"]["model.safetensors"]["sha256"]
+    assert recorded == hashlib.sha256(fake_hub.files["model.safetensors"]).hexdigest()
     assert folder_digest(converted_dir) == before  # the local folder was only read
     config = json.loads(fake_hub.files["config.json"])
     assert config["auto_map"] == {"AutoConfig": "configuration_smolite.SmoliteConfig",
