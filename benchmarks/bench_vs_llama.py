@@ -40,13 +40,14 @@ def training_batch(batch: int, seq_len: int = 100):
     return input_ids, labels
 
 
-def make_train_step(model, batch):
+def make_train_step(model, batch, bf16: bool = False, **forward_kwargs):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8)
     input_ids, labels = batch
     model.train()
 
     def step():
-        loss = model(input_ids=input_ids, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # what TrainingArguments(bf16=True) does
+            loss = model(input_ids=input_ids, labels=labels, **forward_kwargs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -85,30 +86,75 @@ def alternate(tasks: dict, repeats: int) -> dict[str, list[float]]:
     return times
 
 
+def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
+    """Measured FLOP/s of an n x n x n matrix multiply in `dtype` (the machine's practical peak)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.matmul(a, b)
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def step_flops(batch: int, seq_len: int = 100, head_positions: int | None = None) -> float:
+    """Forward + backward FLOPs (3x forward) of one training step; the head at `head_positions` (default: all)."""
+    d, layers, ff, vocab = SIZES["hidden_size"], SIZES["num_hidden_layers"], SIZES["intermediate_size"], SIZES["vocab_size"]
+    tokens = batch * seq_len
+    layer_matmul_params = 4 * d * d + 2 * d * 64 + 3 * d * ff  # attention, adapter, SwiGLU
+    forward = tokens * layers * (2 * layer_matmul_params + 4 * seq_len * d)  # + attention scores and mixing
+    forward += (tokens if head_positions is None else head_positions) * 2 * d * vocab
+    return 3 * forward
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=60)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 autocast rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}")
+    peak = {"float32": matmul_peak(torch.float32)}
+    if not args.no_bf16:
+        peak["bfloat16"] = matmul_peak(torch.bfloat16)
+    print("measured matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peak.items()))
+
     models = build_models()
     batch = training_batch(args.batch)
+    tasks = {
+        ("smolite", "float32"): make_train_step(models["smolite"], batch),
+        ("smolite, full logits", "float32"): make_train_step(models["smolite"], batch, skip_logits=False),
+        ("llama", "float32"): make_train_step(models["llama"], batch),
+    }
+    if not args.no_bf16:
+        tasks[("smolite", "bfloat16")] = make_train_step(models["smolite"], batch, bf16=True)
+        tasks[("llama", "bfloat16")] = make_train_step(models["llama"], batch, bf16=True)
+    train = alternate(tasks, args.repeats)
+    train_s = {key: statistics.median(t) for key, t in train.items()}
+    useful = step_flops(args.batch)  # the head at every position, as the model definition implies
+    print(f"\ntraining step, batch {args.batch} x 100, half masked, Adam step included (median of {args.repeats}); "
+          f"{useful / 1e12:.2f} TFLOP of model work per step")
+    # MFU: the model's work (head at every position) / time / measured peak; "executed" counts what was computed
+    # (Smolite's default projects only the positions that have a target)
+    print(f"  {'':24s} {'dtype':9s} {'s/step':>7s} {'trained tok/s':>14s} {'MFU':>6s} {'executed TFLOP':>15s} {'of peak':>8s}")
+    for (name, dtype), seconds in train_s.items():
+        executed = step_flops(args.batch, head_positions=args.batch * 50) if name == "smolite" else useful
+        print(f"  {name:24s} {dtype:9s} {seconds:7.3f} {args.batch * 50 / seconds:14.0f} "
+              f"{useful / seconds / peak[dtype]:6.1%} {executed / 1e12:15.2f} {executed / seconds / peak[dtype]:8.1%}")
+    for dtype in peak:
+        print(f"  speed-up Smolite vs Llama, {dtype}: {train_s[('llama', dtype)] / train_s[('smolite', dtype)]:.2f}x")
+    print(f"  (Smolite with full logits vs Llama, float32: "
+          f"{train_s[('llama', 'float32')] / train_s[('smolite, full logits', 'float32')]:.2f}x)")
+    if not args.no_bf16:
+        print(f"  Smolite bfloat16 vs Llama float32: {train_s[('llama', 'float32')] / train_s[('smolite', 'bfloat16')]:.2f}x")
 
-    train = alternate({name: make_train_step(m, batch) for name, m in models.items()}, args.repeats)
     decode = alternate({name: make_decode(m, args.new_tokens) for name, m in models.items()}, args.repeats)
-
-    train_s = {name: statistics.median(t) for name, t in train.items()}
     tokens_per_s = {name: args.new_tokens / statistics.median(t) for name, t in decode.items()}
-    print(f"\ntraining step, batch {args.batch} x 100, half masked, Adam step included (median of {args.repeats})")
-    for name in models:
-        print(f"  {name:8s} {train_s[name]:7.3f} s/step  {args.batch * 50 / train_s[name]:8.0f} trained tokens/s")
-    print(f"  speed-up Smolite vs Llama: {train_s['llama'] / train_s['smolite']:.2f}x")
     print(f"\ngreedy decoding, batch 1, {args.new_tokens} new tokens, KV cache (median of {args.repeats})")
     for name in models:
         print(f"  {name:8s} {tokens_per_s[name]:7.1f} tokens/s")

@@ -73,17 +73,88 @@ def label_smoothed_causal_lm_loss(
     gradient-accumulation micro-batches) the sum is divided by that count, so accumulation gives the same update as
     one large batch. A batch without any target gives 0 (the original divides by `count + 1e-8`).
     """
+    targets = _shifted_targets(labels, shift_labels, ignore_index).to(logits.device)
+    keep = targets != ignore_index
+    logits = logits.reshape(-1, vocab_size)[keep]  # (N_targets, V)
+    return _smoothed_cross_entropy(logits, targets[keep], label_smoothing, num_items_in_batch, keep)
+
+
+def _shifted_targets(labels, shift_labels, ignore_index: int = -100) -> torch.Tensor:
+    """The target of every position, flattened: `labels[t + 1]`, or `shift_labels[t]` when given."""
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    shift_labels = shift_labels.reshape(-1).to(logits.device)
-    keep = shift_labels != ignore_index
-    logits = logits.reshape(-1, vocab_size)[keep].float()  # (N_targets, V)
-    loss = F.cross_entropy(logits, shift_labels[keep], reduction="sum", label_smoothing=label_smoothing)
+    return shift_labels.reshape(-1)
+
+
+def _smoothed_cross_entropy(logits, targets, label_smoothing, num_items_in_batch, keep) -> torch.Tensor:
+    loss = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
+    return _smoothed_cross_entropy_mean(loss, num_items_in_batch, keep)
+
+
+def _smoothed_cross_entropy_mean(loss, num_items_in_batch, keep) -> torch.Tensor:
     if num_items_in_batch is None:
         num_items_in_batch = keep.sum().clamp(min=1)  # a batch without targets has loss 0, as in the original
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(loss.device)
     return loss / num_items_in_batch
+
+
+class _LinearSmoothedCrossEntropy(torch.autograd.Function):
+    """Summed label-smoothed cross entropy of `hidden @ weight.T`, chunk by chunk, with the gradients made in forward.
+
+    For each chunk of rows the logits are computed in float32, the loss is `logsumexp(z) - (1 - eps) z_y - eps
+    mean(z)` and its gradient `softmax(z) - (1 - eps) onehot(y) - eps / V` is formed in place and multiplied back
+    into the gradients of `hidden` and `weight`; so no `(N, V)` tensor outlives its chunk and there is no separate
+    log-softmax backward. (The same idea as Liger Kernel's fused linear cross entropy, in plain PyTorch.)
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, label_smoothing: float, chunk_rows: int):
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, rows, chunk_rows):
+            h, y = hidden[start : start + chunk_rows], targets[start : start + chunk_rows, None]
+            logits = torch.matmul(h, weight.t()).float()  # (c, V)
+            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+            loss = lse - (1.0 - label_smoothing) * logits.gather(1, y) - label_smoothing * logits.mean(-1, keepdim=True)
+            total += loss.sum()
+            if need_hidden or need_weight:
+                grad = logits.sub_(lse).exp_().sub_(label_smoothing / vocab)  # softmax - eps / V, in place
+                grad.scatter_add_(1, y, torch.full_like(y, -(1.0 - label_smoothing), dtype=grad.dtype))
+                grad = grad.to(h.dtype)
+                if need_hidden:
+                    torch.matmul(grad, weight, out=grad_hidden[start : start + chunk_rows])
+                if need_weight:
+                    if h.dtype == torch.float32:
+                        grad_weight.addmm_(grad.t(), h)
+                    else:
+                        grad_weight += torch.matmul(grad.t(), h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None
+        grad_weight = grad_weight * grad_output if grad_weight is not None else None
+        return grad_hidden, grad_weight, None, None, None
+
+
+def linear_smoothed_cross_entropy(hidden, weight, targets, label_smoothing: float = 0.0,
+                                  chunk_bytes: int = 1 << 28) -> torch.Tensor:
+    """`F.cross_entropy(hidden @ weight.T, targets, label_smoothing=..., reduction="sum")` without holding the
+    `(N, V)` logits: chunks of `chunk_bytes` of float32 logits, gradients computed in the forward pass. Under
+    autocast the two matrix products run in the autocast dtype, the softmax in float32."""
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    chunk_rows = max(1, chunk_bytes // (4 * weight.shape[0]))
+    with torch.autocast(device_type, enabled=False):
+        return _LinearSmoothedCrossEntropy.apply(hidden, weight, targets, label_smoothing, chunk_rows)
 
 
 class SmoliteRotaryEmbedding(nn.Module):
@@ -418,6 +489,7 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        skip_logits: bool | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         r"""
@@ -426,6 +498,12 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
             are scored against `labels[t + 1]`); -100 marks positions without a target. The loss is the
             label-smoothed cross entropy with `config.label_smoothing`, a token-level mean over the batch (over all
             gradient-accumulation micro-batches when the Trainer passes `num_items_in_batch`).
+        skip_logits (`bool`, *optional*):
+            Compute the output projection only at the positions that have a target, return the loss and no
+            `logits` (`None`). The 72000-way projection is most of a training step and prompt and padding
+            positions carry no target, so this is much faster and never holds `(batch, length, vocab)` logits. The
+            loss is the same. Defaults to `True` in training mode when labels are given (as Liger Kernel's fused
+            loss does), `False` otherwise; pass `skip_logits=False` to get training-mode logits.
 
         Example:
 
@@ -433,7 +511,7 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
         >>> import torch
         >>> from smolite_hf import SmoliteConfig, SmoliteForCausalLM
         >>> model = SmoliteForCausalLM(SmoliteConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-        ...                                          num_attention_heads=4, intermediate_size=64))
+        ...                                          num_attention_heads=4, intermediate_size=64)).eval()
         >>> ids = torch.tensor([[5, 2, 7, 9, 3, 11, 12, 4]])
         >>> labels = torch.tensor([[-100, -100, -100, -100, -100, 11, 12, 4]])
         >>> out = model(ids, labels=labels)
@@ -452,10 +530,27 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
         )
 
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self._output_logits(hidden_states)  # (B, T_kept, V)
+        has_targets = labels is not None or kwargs.get("shift_labels") is not None
+        if skip_logits is None:
+            skip_logits = self.training and has_targets
+        if skip_logits:
+            if not has_targets:
+                raise ValueError("skip_logits=True computes only the loss; pass labels (or shift_labels).")
+            targets = _shifted_targets(labels, kwargs.get("shift_labels")).to(hidden_states.device)
+            keep = targets != -100
+            selected = hidden_states.reshape(-1, hidden_states.shape[-1])[keep]  # (N_targets, d)
+            if type(self.lm_head) is nn.Linear and self.lm_head.bias is None:
+                loss = linear_smoothed_cross_entropy(selected, self.lm_head.weight, targets[keep], self.config.label_smoothing)
+                loss = _smoothed_cross_entropy_mean(loss, kwargs.get("num_items_in_batch"), keep)
+            else:  # a wrapped or quantised head (e.g. PEFT on lm_head): its own forward, then the loss
+                loss = _smoothed_cross_entropy(self.lm_head(selected), targets[keep], self.config.label_smoothing,
+                                               kwargs.get("num_items_in_batch"), keep)
+            return CausalLMOutputWithPast(loss=loss, logits=None, cache=outputs.cache,
+                                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
 
+        logits = self._output_logits(hidden_states)  # (B, T_kept, V)
         loss = None
-        if labels is not None or kwargs.get("shift_labels") is not None:
+        if has_targets:
             loss = label_smoothed_causal_lm_loss(
                 logits,
                 labels,

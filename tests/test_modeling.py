@@ -253,3 +253,77 @@ def test_generate_sees_weights_changed_between_calls(tiny_model):
         last_hidden = tiny_model(prompt, output_hidden_states=True).hidden_states[-1][0, -1]
         tiny_model.lm_head.weight.data[7] = 100.0 * last_hidden  # through .data, as PEFT's merge does
         assert tiny_model.generate(prompt, **kwargs)[0, -1].item() == 7
+
+
+def _loss_and_grads(model, **inputs):
+    model.zero_grad()
+    out = model(**inputs)
+    out.loss.backward()
+    return out, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("targets", ["labels", "shift_labels", "num_items_in_batch"])
+def test_training_computes_the_head_only_at_targets_with_the_same_loss_and_gradients(tiny_model, targets):
+    torch.manual_seed(1)
+    ids, mask = left_padded([[2, 17, 33, 8, 91, 3, 40, 41, 4], [2, 45, 3, 50, 4], [2, 60, 61, 3, 70, 71, 72, 4]])
+    labels = torch.where(mask.bool(), ids, -100)
+    labels[:, :4] = -100  # prompt positions carry no target
+    inputs = dict(input_ids=ids, attention_mask=mask)
+    if targets == "shift_labels":
+        inputs["shift_labels"] = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+    else:
+        inputs["labels"] = labels
+    if targets == "num_items_in_batch":
+        inputs["num_items_in_batch"] = torch.tensor(40)
+    tiny_model.train()
+    plain, plain_grads = _loss_and_grads(tiny_model, skip_logits=False, **inputs)
+    fast, fast_grads = _loss_and_grads(tiny_model, **inputs)  # the training-mode default
+    assert plain.logits.shape == (3, 9, 99) and fast.logits is None
+    torch.testing.assert_close(fast.loss, plain.loss, rtol=1e-6, atol=1e-6)
+    for name in plain_grads:
+        torch.testing.assert_close(fast_grads[name], plain_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    tiny_model.eval()
+    with torch.no_grad():  # evaluation keeps full logits (compute_metrics needs them) and the same loss
+        evaluated = tiny_model(**inputs)
+    assert evaluated.logits.shape == (3, 9, 99)
+    torch.testing.assert_close(evaluated.loss, plain.loss, rtol=1e-6, atol=1e-6)
+
+
+def test_skip_logits_needs_targets(tiny_model):
+    with pytest.raises(ValueError, match="pass labels"):
+        tiny_model(torch.tensor([[2, 5, 6]]), skip_logits=True)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 28, 4 * 50 * 7])  # one chunk, and chunks of 7 rows (not dividing 40)
+def test_fused_linear_cross_entropy_equals_the_plain_computation(chunk_bytes):
+    from smolite_hf.modeling_smolite import linear_smoothed_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(40, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (40,))
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, label_smoothing=0.1, reduction="sum")
+    plain_grads = torch.autograd.grad(plain * 0.37, (hidden, weight))
+    fused = linear_smoothed_cross_entropy(hidden, weight, targets, 0.1, chunk_bytes=chunk_bytes)
+    fused_grads = torch.autograd.grad(fused * 0.37, (hidden, weight))
+    torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-5)
+    for got, want in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_linear_cross_entropy_under_bf16_autocast_matches_autocast_plain():
+    from smolite_hf.modeling_smolite import linear_smoothed_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(64, 32, requires_grad=True)
+    weight = torch.randn(300, 32, requires_grad=True)
+    targets = torch.randint(0, 300, (64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = torch.nn.functional.cross_entropy((hidden @ weight.t()).float(), targets, label_smoothing=0.1, reduction="sum")
+        fused = linear_smoothed_cross_entropy(hidden, weight, targets, 0.1, chunk_bytes=4 * 300 * 10)
+    plain_grads = torch.autograd.grad(plain, (hidden, weight))
+    fused_grads = torch.autograd.grad(fused, (hidden, weight))
+    assert fused_grads[1].dtype == torch.float32  # the master weight's gradient stays float32
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-3)
+    for got, want in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)

@@ -1,0 +1,44 @@
+"""Time `smolite convert` on a seed-size Keras weights file (vocabulary 72000, hidden 256, 6 blocks).
+
+    python benchmarks/bench_conversion.py
+
+No seed-size Keras file is published with the fixtures, so one is written first in the original Keras 3 layout
+(tests/keras_files.py, the inverse of the converter) from a randomly initialised seed-size model. The conversion
+includes its own verification (the converted model's logits against a NumPy forward pass of the Keras weights).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from smolite_hf import SmoliteConfig, SmoliteForCausalLM  # noqa: E402
+from smolite_hf.convert_smolite_keras_to_hf import convert_keras_to_hf  # noqa: E402
+from tests.keras_files import write_keras_weights  # noqa: E402
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    config = SmoliteConfig(vocab_size=72000, hidden_size=256, num_hidden_layers=6, num_attention_heads=8,
+                           intermediate_size=1024, adapter_size=64)
+    model = SmoliteForCausalLM(config)
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "smolite_seed.weights.h5"
+        write_keras_weights(model, source)
+        size_mb = source.stat().st_size / 1e6
+        started = time.perf_counter()
+        convert_keras_to_hf(source, Path(folder) / "converted")
+        seconds = time.perf_counter() - started
+        converted = SmoliteForCausalLM.from_pretrained(Path(folder) / "converted")
+        same = all(torch.equal(converted.state_dict()[k], v) for k, v in model.state_dict().items())
+    print(f"converted a seed-size Keras weights file ({size_mb:.0f} MB, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+          f"parameters) in {seconds:.1f} s, verification included; weights identical to the source model: {same}")
+
+
+if __name__ == "__main__":
+    main()
