@@ -334,7 +334,9 @@ def serve(model_dir, host: str = "127.0.0.1", port: int = 8000, device: str | No
     server = ChatServer(model, tokenizer, limits, name=str(model_dir))
     where = "only this machine can connect" if host in ("127.0.0.1", "localhost", "::1") else "reachable from the network"
     print(f"Serving {model_dir} on http://{host}:{port}/ ({where}; --host to change). Ctrl-C stops.", flush=True)
-    uvicorn.run(server.app(), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    # h11 refuses request heads over 16 KiB with a bare 400; allow 1 MiB so an oversized message reaches our check
+    uvicorn.run(server.app(), host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5,
+                h11_max_incomplete_event_size=1 << 20)
     return 0
 
 
