@@ -46,7 +46,7 @@ def original_loop(model, prompts: torch.Tensor, new_tokens: int, window: int = 1
 def generate(model, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
     with torch.no_grad():
         return model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                              max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=PAD)
+                              max_new_tokens=new_tokens, pad_token_id=PAD, eos_token_id=None)  # EOS ignored
 
 
 def measured_bandwidth_gb_s() -> float:

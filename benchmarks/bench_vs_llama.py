@@ -63,8 +63,8 @@ def make_decode(model, new_tokens: int):
     def decode():
         with torch.no_grad():
             out = model.generate(
-                prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0
-            )
+                prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None
+            )  # EOS ignored (as throughput benchmarks do), so that both always decode exactly `new_tokens`
         assert out.shape[1] == prompt.shape[1] + new_tokens
 
     return decode

@@ -13,6 +13,7 @@ Differences from Llama, each matching the original:
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 
 import torch
@@ -157,6 +158,30 @@ def linear_smoothed_cross_entropy(hidden, weight, targets, label_smoothing: floa
         return _LinearSmoothedCrossEntropy.apply(hidden, weight, targets, label_smoothing, chunk_rows)
 
 
+# (head shape, dtype, torch threads) -> whether decoding through the transposed head copy is faster on this machine
+_TRANSPOSED_HEAD_IS_FASTER: dict[tuple, bool] = {}
+
+
+def _transposed_head_is_faster(weight: torch.Tensor, transposed: torch.Tensor, repeats: int = 5) -> bool:
+    """Time one decoding-step product `(1, 1, d) x head` against `weight` `(V, d)` and against `transposed`
+    `(d, V)`; true when the transposed copy is at least 20% faster (best of `repeats` each, a few ms in all)."""
+
+    def best_seconds(product) -> float:
+        product()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    hidden = torch.randn(1, 1, weight.shape[1], dtype=weight.dtype)
+    with torch.no_grad():
+        plain = best_seconds(lambda: F.linear(hidden, weight))
+        copied = best_seconds(lambda: torch.matmul(hidden, transposed))
+    return copied < 0.8 * plain
+
+
 class SmoliteRotaryEmbedding(nn.Module):
     """cos/sin tables of the original rotary embedding: per head, features `2i` and `2i+1` form a pair."""
 
@@ -186,24 +211,27 @@ class SmoliteRotaryEmbedding(nn.Module):
     @torch.no_grad()
     @dynamic_rope_update
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(cos, signed_sin)`, each `(B, T, 1, dh)`: pair `i` occupies features `2i, 2i+1`; `signed_sin` is
+        `(-sin, +sin)` on each pair, so that `apply_rotary_to_input` needs only a swap within pairs."""
         freqs = position_ids[..., None].float() * self.inv_freq.to(device=x.device, dtype=torch.float)  # (B, T, dh/2)
-        emb = freqs.repeat_interleave(2, dim=-1)  # (B, T, dh): pair i occupies features 2i, 2i+1
-        cos = emb.cos() * self.attention_scaling
-        sin = emb.sin() * self.attention_scaling
-        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+        cos = freqs.cos() * self.attention_scaling
+        sin = freqs.sin() * self.attention_scaling
+        cos = torch.stack((cos, cos), dim=-1).flatten(-2).unsqueeze(2)  # (B, T, 1, dh)
+        signed_sin = torch.stack((-sin, sin), dim=-1).flatten(-2).unsqueeze(2)
+        return cos.to(dtype=x.dtype), signed_sin.to(dtype=x.dtype)
 
 
-def rotate_every_two(x: torch.Tensor) -> torch.Tensor:
-    """(a, b) -> (-b, a) for every interleaved pair (features 2i, 2i+1)."""
-    return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+def apply_rotary_to_input(hidden_states: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate a layer input `(B, T, H * dh)` head by head: each pair `(a, b)` becomes
+    `(a cos - b sin, b cos + a sin)`, with `cos`/`signed_sin` from `SmoliteRotaryEmbedding` (`(B, T, 1, dh)`).
 
-
-def apply_rotary_to_input(hidden_states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate a layer input `(B, T, H * dh)` head by head with `cos`/`sin` of shape `(B, T, dh)`."""
+    The same products and sums as the textbook form, so bit-identical to it; `(a, b) -> (b, a)` is one `flip`.
+    """
     batch, seq_len, width = hidden_states.shape
-    per_head = hidden_states.view(batch, seq_len, -1, cos.shape[-1])  # (B, T, H, dh)
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    return (per_head * cos + rotate_every_two(per_head) * sin).view(batch, seq_len, width)
+    pairs = hidden_states.view(batch, seq_len, -1, cos.shape[-1] // 2, 2)  # (B, T, H, dh/2, 2)
+    swapped = pairs.flip(-1).view(batch, seq_len, -1, cos.shape[-1])  # (B, T, H, dh): (b, a) per pair
+    per_head = hidden_states.view(batch, seq_len, -1, cos.shape[-1])
+    return (per_head * cos + swapped * signed_sin).view(batch, seq_len, width)
 
 
 def eager_attention_forward(
@@ -339,9 +367,13 @@ class SmoliteDecoderLayer(GradientCheckpointingLayer):
             position_embeddings=position_embeddings,
             **kwargs,
         )
-        hidden_states = hidden_states + self.adapter(self.dropout(attn_output))
-        hidden_states = hidden_states + self.dropout(self.mlp(self.post_attention_layernorm(hidden_states)))
-        return hidden_states
+        if self.training:  # nn.Dropout is the identity in eval mode; skipping the call matters when decoding
+            attn_output = self.dropout(attn_output)
+        hidden_states = hidden_states + self.adapter(attn_output)
+        mlp_output = self.mlp(self.post_attention_layernorm(hidden_states))
+        if self.training:
+            mlp_output = self.dropout(mlp_output)
+        return hidden_states + mlp_output
 
 
 class SmolitePreTrainedModel(PreTrainedModel):
@@ -454,17 +486,28 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
         self.post_init()
 
     def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`, with a `(d, V)` copy of the output head held for the duration of the call.
+        """`GenerationMixin.generate`, on CPU with a `(d, V)` copy of the output head held for the call where that
+        is faster.
 
-        On CPU a matrix-vector product against the `(V, d)` head weight runs about 3x slower than against its
-        contiguous transpose (which reaches the memory-bandwidth bound), and it dominates every decoding step. The
-        weights cannot change during one `generate` call, so the copy is made when it starts (a few ms) and dropped
-        when it returns.
+        The head's matrix-vector product is the largest part of a decoding step. On some CPUs (BLAS builds and
+        cores) the product against the `(V, d)` weight runs about 3x slower than against its contiguous transpose;
+        on others the two are equal and the copy (tens of ms at the seed size) would only cost time. So the first
+        `generate` for a head shape times both once per process (`_transposed_head_is_faster`); where the copy
+        wins it is made when the call starts and dropped when it returns, so weights changed between calls are
+        always seen.
         """
         weight = self.lm_head.weight
         if self._decoding_head is not None or weight.device.type != "cpu" or type(self.lm_head) is not nn.Linear:
             return super().generate(*args, **kwargs)  # nested call, accelerator, or a wrapped/quantised head
-        self._decoding_head = weight.detach().t().contiguous()
+        key = (tuple(weight.shape), weight.dtype, torch.get_num_threads())
+        if _TRANSPOSED_HEAD_IS_FASTER.get(key) is False:
+            return super().generate(*args, **kwargs)
+        decoding_head = weight.detach().t().contiguous()
+        if key not in _TRANSPOSED_HEAD_IS_FASTER:
+            _TRANSPOSED_HEAD_IS_FASTER[key] = _transposed_head_is_faster(weight.detach(), decoding_head)
+            if not _TRANSPOSED_HEAD_IS_FASTER[key]:
+                return super().generate(*args, **kwargs)
+        self._decoding_head = decoding_head
         try:
             return super().generate(*args, **kwargs)
         finally:

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from smolite_hf import SmoliteForCausalLM, SmoliteModel
+from smolite_hf import modeling_smolite
 from smolite_hf.modeling_smolite import label_smoothed_causal_lm_loss
 
 from .conftest import tiny_config
@@ -225,27 +226,66 @@ def test_loss_without_any_target_is_zero(tiny_model):
     assert loss.item() == 0.0
 
 
-def test_generate_logits_equal_plain_forward_logits(tiny_model):
-    """generate() multiplies by a transposed copy of the head on CPU: its logits must equal the head's own."""
+@pytest.fixture(params=[True, False], ids=["transposed-head", "plain-head"])
+def head_layout(request, tiny_model, monkeypatch):
+    """Decide, instead of timing, whether generate() decodes through the transposed head copy."""
+    weight = tiny_model.lm_head.weight
+    key = (tuple(weight.shape), weight.dtype, torch.get_num_threads())
+    monkeypatch.setitem(modeling_smolite._TRANSPOSED_HEAD_IS_FASTER, key, request.param)
+    return request.param
+
+
+def test_generate_logits_equal_plain_forward_logits(tiny_model, head_layout):
+    """generate() may multiply by a transposed copy of the head on CPU: its logits must equal the head's own."""
     prompt = torch.tensor([PROMPTS[0]])
+    seen = []
+    original = tiny_model._output_logits
+    tiny_model._output_logits = lambda hidden: (seen.append(tiny_model._decoding_head is not None), original(hidden))[1]
     with torch.no_grad():
         out = tiny_model.generate(
             prompt, max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None,
             return_dict_in_generate=True, output_logits=True,
         )
+        del tiny_model._output_logits
         full = tiny_model(out.sequences).logits[0]  # outside generate: the plain lm_head
+    assert set(seen) == {head_layout}  # every step took the chosen layout
     steps = torch.stack([logits[0] for logits in out.logits])  # logits that chose new tokens 1..10
     torch.testing.assert_close(steps, full[len(PROMPTS[0]) - 1 : -1], atol=1e-5, rtol=1e-5)
     assert tiny_model._decoding_head is None  # the copy lives only during the call
 
 
-def test_decoding_head_copy_is_released_when_generate_fails(tiny_model):
+def test_head_layout_is_measured_once_per_shape(tiny_model, monkeypatch):
+    calls = []
+
+    def measured(weight, transposed):
+        calls.append(transposed.shape)
+        torch.testing.assert_close(transposed, weight.t())
+        return False
+
+    monkeypatch.setattr(modeling_smolite, "_TRANSPOSED_HEAD_IS_FASTER", {})
+    monkeypatch.setattr(modeling_smolite, "_transposed_head_is_faster", measured)
+    for _ in range(3):
+        tiny_model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
+    vocab, hidden = tiny_model.lm_head.weight.shape
+    assert calls == [torch.Size([hidden, vocab])]
+
+
+def test_head_layout_measurement_is_recorded(tiny_model, monkeypatch):
+    monkeypatch.setattr(modeling_smolite, "_TRANSPOSED_HEAD_IS_FASTER", {})
+    tiny_model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
+    weight = tiny_model.lm_head.weight
+    decisions = modeling_smolite._TRANSPOSED_HEAD_IS_FASTER
+    assert list(decisions) == [(tuple(weight.shape), weight.dtype, torch.get_num_threads())]
+    assert isinstance(decisions[(tuple(weight.shape), weight.dtype, torch.get_num_threads())], bool)
+
+
+def test_decoding_head_copy_is_released_when_generate_fails(tiny_model, head_layout):
     with pytest.raises(Exception):
         tiny_model.generate(torch.tensor([[2, 5]]), max_new_tokens=3, do_sample=False, bad_argument_xyz=1)
     assert tiny_model._decoding_head is None
 
 
-def test_generate_sees_weights_changed_between_calls(tiny_model):
+def test_generate_sees_weights_changed_between_calls(tiny_model, head_layout):
     prompt = torch.tensor([PROMPTS[1]])
     kwargs = dict(max_new_tokens=1, do_sample=False, pad_token_id=0, eos_token_id=None)
     with torch.no_grad():
