@@ -1,0 +1,69 @@
+"""The benchmark scripts run and print what the README quotes (smallest settings; no timing is asserted).
+
+The README's performance and reliability figures come from these scripts; a script that no longer runs, or stops
+printing a ratio, would leave those figures without a command that reproduces them.
+"""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_benchmark(name: str, *args: str, timeout: int = 300) -> str:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def ratio(pattern: str, output: str) -> float:
+    match = re.search(pattern, output)
+    assert match, f"{pattern!r} not in:\n{output}"
+    value = float(match.group(1))
+    assert value > 0
+    return value
+
+
+def test_bench_vs_llama_prints_training_and_decoding_ratios():
+    out = run_benchmark("bench_vs_llama.py", "--repeats", "1", "--batch", "2", "--new-tokens", "3", "--no-bf16")
+    ratio(r"measured matmul peak: float32 (\d+) GFLOP/s", out)
+    ratio(r"speed-up Smolite vs Llama, float32: ([\d.]+)x", out)
+    ratio(r"Smolite with full logits vs Llama, float32: ([\d.]+)x", out)
+    ratio(r"smolite +([\d.]+) tokens/s", out)
+    ratio(r"speed-up Smolite vs Llama: ([\d.]+)x", out)  # the decoding ratio (training lines name a dtype)
+
+
+def test_bench_decoding_agrees_with_the_original_loop_and_prints_the_bound():
+    # the script itself asserts that cached generate() and the original loop choose the same tokens
+    out = run_benchmark("bench_decoding.py", "--repeats", "1", "--new-tokens", "4", "--batches", "1")
+    ratio(r"smolite / llama: +([\d.]+)x", out)
+    ratio(r"smolite / original loop: ([\d.]+)x", out)
+    assert 0 < ratio(r"smolite reaches (\d+)% of it", out) <= 100
+
+
+def test_bench_conversion_converts_a_seed_size_file_identically():
+    out = run_benchmark("bench_conversion.py")
+    assert re.search(r"converted a seed-size Keras weights file \(100 MB, 24\.9M parameters\) in [\d.]+ s", out), out
+    assert "weights identical to the source model: True" in out
+
+
+def test_bench_eval_memory_measures_each_size_in_its_own_process():
+    out = run_benchmark("bench_eval_memory.py", "--sizes", "4", "8")
+    assert re.search(r"4 examples \(\d+ targets\): peak RSS \d+ MB", out), out
+    assert re.search(r"8 examples \(\d+ targets\): peak RSS \d+ MB", out), out
+    ratio(r"peak RSS 8 / 4 examples: ([\d.]+)", out)
+
+
+def test_load_serve_reports_no_errors_and_every_malformed_request_refused(converted_dir):
+    out = run_benchmark("load_serve.py", str(converted_dir), "--clients", "2", "--seconds", "3",
+                        "--max-new-tokens", "3", "--json")
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["requests"] > 0 and report["errors"] == 0
+    assert report["malformed_requests"] >= 10
+    assert report["malformed_answered_4xx_naming_the_field"] == report["malformed_requests"]
+    assert report["server_alive_after"] is True
+    assert report["ttft_p50_s"] <= report["e2e_p50_s"]
