@@ -188,11 +188,14 @@ def test_train_takes_field_names_and_command_line_names_and_refuses_others(tmp_p
         train(tmp_path, epochs=2, num_train_epochs=3)
 
 
-def test_unknown_size_and_resume_from_checkpoint_are_refused(tmp_path):
-    bad_size = run("train", "--output-dir", str(tmp_path), "--size", "huge")
-    assert bad_size.returncode == 2 and "invalid choice: 'huge'" in bad_size.stderr
-    elsewhere = run("train", "--output-dir", str(tmp_path), "--resume-from-checkpoint", "x")
-    assert elsewhere.returncode == 2 and "smolite train resumes with --resume" in elsewhere.stderr
+def test_unknown_size_and_resume_from_checkpoint_are_refused(tmp_path, capsys):
+    from smolite_hf.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--output-dir", str(tmp_path), "--size", "huge"])
+    assert exited.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+    assert main(["train", "--output-dir", str(tmp_path), "--resume-from-checkpoint", "x"]) == 2
+    assert "smolite train resumes with --resume" in capsys.readouterr().err
 
 
 def test_a_quarter_of_the_run_is_rounded_down(tmp_path):
