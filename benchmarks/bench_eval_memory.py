@@ -1,6 +1,7 @@
 """Evaluation memory is flat in the number of examples: peak RSS of `Trainer.evaluate` on 64 vs 1024 examples.
 
-Seed-size Smolite (vocabulary 72000), examples of 100 tokens with the prompt half masked, evaluated through the
+Small-size Smolite (the released Small: vocabulary 72000), examples that fill its 100-position window with the prompt
+half masked, evaluated through the
 Trainer with `smolite_hf.metrics` (which keeps [N, T, 3] statistics instead of [N, T, 72000] logits: at 1024
 examples the logits alone would be 29 GB). Each size runs in a fresh process; the ratio is printed.
 
@@ -25,19 +26,21 @@ def measure(n_examples: int) -> dict:
     from smolite_hf.metrics import compute_metrics, make_preprocess_logits_for_metrics
 
     torch.manual_seed(0)
-    model = SmoliteForCausalLM(SmoliteConfig()).eval()
+    config = SmoliteConfig()  # the released Small
+    model = SmoliteForCausalLM(config).eval()
+    window = config.max_position_embeddings
     generator = torch.Generator().manual_seed(0)
     examples = []
     for _ in range(n_examples):
-        ids = torch.randint(5, 72000, (100,), generator=generator)
+        ids = torch.randint(5, config.vocab_size, (window,), generator=generator)
         labels = ids.clone()
-        labels[:50] = -100
+        labels[: window // 2] = -100
         examples.append({"input_ids": ids, "labels": labels})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(output_dir=scratch, per_device_eval_batch_size=64, use_cpu=True, report_to="none", disable_tqdm=True)
         trainer = Trainer(model=model, args=args, eval_dataset=examples, compute_metrics=compute_metrics,
-                          preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(0.1))
+                          preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(config.label_smoothing))
         metrics = trainer.evaluate()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"examples": n_examples, "peak_rss_mb": peak / 1024, "rss_before_eval_mb": before / 1024, "targets": metrics["eval_targets"]}

@@ -3,11 +3,11 @@
 Decoding is `generate()` with the folder's `generation_config.json` (the seed's streaming chat decoding unless
 overridden) and the library's `TextStreamer`.
 
-The window rule: Smolite was trained on windows of `max_position_embeddings` positions (100), so a reply never
-runs past that window. The prompt (the chat template's rendering of the conversation) keeps its most recent tokens —
-whole earlier turns are dropped first, then the start of the last user message — so that at least `min_reply_room`
-positions stay free for the reply, and `max_new_tokens` is capped at the room left. (The original slid its window
-and restarted positions at 0, which the model never saw in training.)
+The window rule: Smolite was trained on windows of `config.max_position_embeddings` positions (100 for every released
+size), so a reply never runs past that window. The prompt (the chat template's rendering of the conversation) keeps
+its most recent tokens — whole earlier turns are dropped first, then the start of the last user message — so that at
+least `min_reply_room` positions stay free for the reply, and `max_new_tokens` is capped at the room left. (The
+original slid its window and restarted positions at 0, which the model never saw in training.)
 """
 
 from __future__ import annotations

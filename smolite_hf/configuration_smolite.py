@@ -4,6 +4,15 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
+# Sizes for a model from scratch; "small" is the released Small (the defaults below). The vocabulary comes from the
+# tokenizer.
+SIZE_PRESETS = {
+    "small": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, intermediate_size=1024, adapter_size=64),
+    "mini": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, adapter_size=32),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, adapter_size=16),
+}
+SIZE_ALIASES = {"seed": "small"}
+
 
 @strict
 class SmoliteConfig(PreTrainedConfig):
@@ -98,6 +107,14 @@ class SmoliteConfig(PreTrainedConfig):
     sep_token_id: int | None = 3
     eos_token_id: int | list[int] | None = 4
 
+    @classmethod
+    def from_size(cls, name: str, **overrides) -> "SmoliteConfig":
+        """A config of the size preset `name` (`SIZE_PRESETS`, or an alias in `SIZE_ALIASES`), fields overridden."""
+        preset = SIZE_ALIASES.get(name, name)
+        if preset not in SIZE_PRESETS:
+            raise ValueError(f"unknown size {name!r}; choose one of {sorted(SIZE_PRESETS)}.")
+        return cls(**{**SIZE_PRESETS[preset], **overrides})
+
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)  # applies the Keras aliases given as keywords, folds `rope_theta`
         self._check_values()
@@ -160,4 +177,4 @@ class SmoliteConfig(PreTrainedConfig):
         self._check_values()
 
 
-__all__ = ["SmoliteConfig"]
+__all__ = ["SIZE_ALIASES", "SIZE_PRESETS", "SmoliteConfig"]

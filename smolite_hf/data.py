@@ -1,4 +1,9 @@
-"""Conversation data for Smolite: reading files, and building training examples by the original rules.
+"""Conversation data for Smolite: reading files, and turning conversations into training examples.
+
+```python
+from smolite_hf.data import load_conversation_dataset
+dataset, report = load_conversation_dataset("chats.jsonl", tokenizer)   # or a datasets.Dataset; None: the built-in data
+```
 
 Two JSON Lines formats are read, one conversation per line:
 
@@ -8,17 +13,31 @@ Two JSON Lines formats are read, one conversation per line:
 In the messages format `user`/`assistant` mean `human`/`gpt`. Any other role (and, in ShareGPT records, any role but
 `human` and `gpt`, as in the original) is kept and never forms a training pair. A line that is not JSON, lacks the list, or holds a value that is not a string raises
 `ConversationFormatError` naming the file and line; with `skip_bad_lines=True` such lines are counted and reported.
+
+Training examples are the tokenizer's chat template rendering of each human -> gpt pair (`<start> {prompt} <sep>
+{reply} <end>`), with the reply found by `return_assistant_tokens_mask` (see `build_examples`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
+from .configuration_smolite import SmoliteConfig
+
+BUILTIN_DATA = "korean_everyday_chat.jsonl"
 ROLE_ALIASES = {"user": "human", "assistant": "gpt"}
+CHAT_ROLES = {"human": "user", "gpt": "assistant"}  # conversation roles -> chat-template roles
+
+
+def builtin_data_path() -> Path:
+    """The Korean everyday-conversation dataset shipped with the package (see its README for the license)."""
+    return Path(str(resources.files("smolite_hf") / "resources" / BUILTIN_DATA))
 
 
 class ConversationFormatError(ValueError):
@@ -43,6 +62,9 @@ class ReadReport:
     def __str__(self) -> str:
         skipped = ", ".join(f"{count} {reason}" for reason, count in self.skipped_lines.items()) or "none"
         return f"{self.conversations} conversations from {self.lines} lines (bad lines skipped: {skipped})"
+
+    def as_dict(self) -> dict:
+        return {"lines": self.lines, "skipped_lines": dict(self.skipped_lines)}
 
 
 def _parse_line(text: str, where: str) -> list[tuple[str, str]]:
@@ -143,12 +165,49 @@ def read_texts(paths, skip_bad_lines: bool = False):
                 yield from (line.rstrip("\n") for line in f if line.strip())
 
 
+def _is_files(data) -> bool:
+    return isinstance(data, (str, os.PathLike)) or (
+        isinstance(data, (list, tuple)) and all(isinstance(item, (str, os.PathLike)) for item in data)
+    )
+
+
+def read_conversation_data(data=None, skip_bad_lines: bool = False) -> tuple[list[Conversation], dict[str, ReadReport]]:
+    """The conversations of `data`, and a read report per file (`{}` for a dataset).
+
+    `data`: a conversation file, a list of files, `None` (the built-in data), a `datasets.Dataset` (or any sequence of
+    dicts) with a `conversations` or `messages` column, or a list of `Conversation`s (returned as they are).
+    """
+    data = builtin_data_path() if data is None else data
+    if _is_files(data):
+        paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        conversations, reports = read_conversation_files(paths, skip_bad_lines=skip_bad_lines)
+        return conversations, {str(path): report for path, report in zip(paths, reports)}
+    if all(isinstance(item, Conversation) for item in data):
+        return list(data), {}
+    return conversations_from_dataset(data), {}
+
+
 def conversations_from_dataset(dataset) -> list[Conversation]:
     """Conversations from a `datasets.Dataset` (or any sequence of dicts) with a `conversations` or `messages` column."""
     return [
         Conversation(_parse_record({key: row[key] for key in ("conversations", "messages") if key in row}, f"row {i}"), "dataset", i + 1)
         for i, row in enumerate(dataset)
     ]
+
+
+def split_conversations(conversations: list[Conversation], eval_fraction: float, seed: int):
+    """A reproducible train/eval split by conversation (turns of one conversation never straddle the split)."""
+    if not 0 <= eval_fraction < 1:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}.")
+    order = list(range(len(conversations)))
+    random.Random(seed).shuffle(order)
+    n_eval = round(len(conversations) * eval_fraction)
+    if eval_fraction and n_eval == 0 and len(conversations) > 1:
+        n_eval = 1
+    eval_ids = set(order[:n_eval])
+    train_set = [c for i, c in enumerate(conversations) if i not in eval_ids]
+    eval_set = [c for i, c in enumerate(conversations) if i in eval_ids]
+    return train_set, eval_set
 
 
 # ----------------------------------------------------------------------------------------------- training examples
@@ -176,40 +235,56 @@ class BuildReport:
                 "truncated": self.truncated, "skipped": dict(self.skipped)}  # fmt: skip
 
 
-def clean_message(text: str) -> str:
-    """The original's cleaning: newlines become spaces (nothing else), then the ends are stripped."""
-    return text.replace("\n", " ").strip()
+def pair_messages(messages: list[tuple[str, str]], pair_index: int) -> list[dict]:
+    """The chat messages of the example for the human -> gpt pair at `pair_index`: the pair alone (as the original;
+    a conversation's earlier turns are not context). `encode_example` trains the last reply of whatever is returned,
+    so earlier turns could be prepended here as context."""
+    return [{"role": CHAT_ROLES[role], "content": text} for role, text in messages[pair_index : pair_index + 2]]
 
 
-def encode_pair(tokenizer, prompt: str, response: str, max_length: int, end_tokens: int = 1):
-    """`input_ids` and `labels` of one example, or `None` when the prompt alone fills the window.
+def encode_example(tokenizer, messages: list[dict], max_length: int, end_tokens: int = 1):
+    """`(input_ids, labels, truncated)` of chat `messages` ending with an assistant reply, or `None` when the prompt
+    alone fills the window.
 
-    As the original: prompt ids = ids of `<start> {prompt} <sep>`, response ids = ids of `{response} <end>`, the reply
-    cut to fit `max_length`. Deviations (documented): one `<end>` (the original appended two; `end_tokens=2`
-    reproduces that), and the labels follow the transformers convention (the input ids on the whole reply, -100 on
-    the prompt; the model shifts them), so the first reply token, which the original never trained, is trained.
-    Prompt and reply are encoded separately, so a message containing the text `<sep>` is not split there.
-    Returns `(input_ids, labels, truncated)`.
+    The tokenizer's chat template renders the messages (Smolite's: `<start> {prompt} <sep> {reply} <end>`, newlines
+    as spaces); `return_assistant_tokens_mask` finds the last reply, which is the target (labels = its ids, the
+    transformers convention: the model shifts them) while everything before it is the prompt (labels -100). The reply
+    is cut to fit `max_length`. `end_tokens=2` appends a second `<end>`, as the original did. A message that contains
+    the text `<sep>` is not split there: the reply is where the template put it.
     """
-    end = " ".join([tokenizer.eos_token] * end_tokens)
-    prompt_ids = tokenizer(f"{tokenizer.bos_token} {clean_message(prompt)} {tokenizer.sep_token}", add_special_tokens=False, verbose=False)["input_ids"]
+    rendered = tokenizer.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True,
+                                             tokenizer_kwargs={"verbose": False})
+    input_ids, mask = list(rendered["input_ids"]), list(rendered["assistant_masks"])
+    if 1 not in mask:
+        raise ValueError(
+            f"{type(tokenizer).__name__}'s chat template does not mark assistant replies with {{% generation %}}; "
+            "training examples need it to tell the reply from the prompt (Smolite's template has it)."
+        )
+    reply_end = len(mask) - mask[::-1].index(1)
+    reply_start = reply_end
+    while reply_start > 0 and mask[reply_start - 1]:
+        reply_start -= 1
+    prompt_ids = input_ids[:reply_start]
     if len(prompt_ids) >= max_length:
         return None
-    response_ids = tokenizer(f"{clean_message(response)} {end}", add_special_tokens=False, verbose=False)["input_ids"]
+    extra_end = tokenizer(tokenizer.eos_token, add_special_tokens=False)["input_ids"] * (end_tokens - 1)
+    response_ids = input_ids[reply_start:reply_end] + extra_end
     room = max_length - len(prompt_ids)
     truncated = len(response_ids) > room
     response_ids = response_ids[:room]
     return prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids, truncated
 
 
-def build_examples(conversations: list[Conversation], tokenizer, max_length: int = 100, end_tokens: int = 1):
+def build_examples(conversations: list[Conversation], tokenizer, max_length: int | None = None, end_tokens: int = 1):
     """Training examples by the original rules; returns `(examples, BuildReport)`.
 
     Messages are taken two at a time, (0, 1), (2, 3), ...; a pair is an example only when it is exactly human then
-    gpt; each pair stands alone (earlier turns are not context). A trailing unpaired message is ignored. A pair whose
-    prompt alone fills the window has nothing to train and is dropped (the original kept it with every target
-    masked). Each example carries `source` and `line` so that it can be traced back.
+    gpt; each pair stands alone (`pair_messages`). A trailing unpaired message is ignored. `max_length` is the window
+    (default: `SmoliteConfig`'s `max_position_embeddings`); a pair whose prompt alone fills it has nothing to train
+    and is dropped (the original kept it with every target masked). Each example carries `source`, `line` and
+    `pair_index` so that it can be traced back. Encoding: `encode_example`.
     """
+    max_length = max_length or SmoliteConfig().max_position_embeddings
     report, examples = BuildReport(conversations=len(conversations)), []
     for conversation in conversations:
         messages = conversation.messages
@@ -218,11 +293,10 @@ def build_examples(conversations: list[Conversation], tokenizer, max_length: int
                 report.skipped["unpaired last message"] += 1
                 continue
             report.pairs += 1
-            (first_role, prompt), (second_role, response) = messages[pair_index], messages[pair_index + 1]
-            if (first_role, second_role) != ("human", "gpt"):
+            if (messages[pair_index][0], messages[pair_index + 1][0]) != ("human", "gpt"):
                 report.skipped["not a human -> gpt pair"] += 1
                 continue
-            encoded = encode_pair(tokenizer, prompt, response, max_length, end_tokens)
+            encoded = encode_example(tokenizer, pair_messages(messages, pair_index), max_length, end_tokens)
             if encoded is None:
                 report.skipped["prompt fills the window"] += 1
                 continue
@@ -234,40 +308,51 @@ def build_examples(conversations: list[Conversation], tokenizer, max_length: int
     return examples, report
 
 
-def load_conversation_dataset(data, tokenizer, max_length: int = 100, skip_bad_lines: bool = False):
+def _describe(data) -> str:
+    if data is None:
+        return str(builtin_data_path())
+    if _is_files(data):
+        return str(data) if isinstance(data, (str, os.PathLike)) else ", ".join(map(str, data))
+    sources = sorted({item.source for item in data if isinstance(item, Conversation)})
+    return ", ".join(sources) if sources else "the dataset"
+
+
+def load_conversation_dataset(data, tokenizer, max_length: int | None = None, skip_bad_lines: bool = False,
+                              allow_empty: bool = False):
     """A `datasets.Dataset` of training examples (`input_ids`, `labels`, `source`, `line`, `pair_index`).
 
-    `data` is a conversation file, a list of files, or a `datasets.Dataset` with a `conversations` or `messages`
-    column. Returns `(dataset, BuildReport)`; the report also counts bad lines skipped with `skip_bad_lines`.
+    The one way from data to examples (`smolite train` and `smolite evaluate` use it). `data`: a conversation file, a
+    list of files, `None` (the built-in data), a `datasets.Dataset` with a `conversations` or `messages` column, or a
+    list of `Conversation`s. `max_length`: the window (default: `SmoliteConfig`'s). Returns `(dataset, BuildReport)`;
+    the report also counts bad lines skipped with `skip_bad_lines`. No example is an error unless `allow_empty`.
     """
     from datasets import Dataset
 
-    if isinstance(data, (str, os.PathLike)) or (
-        isinstance(data, (list, tuple)) and all(isinstance(item, (str, os.PathLike)) for item in data)
-    ):
-        conversations, read_reports = read_conversation_files(data, skip_bad_lines=skip_bad_lines)
-        bad_lines = sum((r.skipped_lines for r in read_reports), Counter())
-    else:
-        conversations, bad_lines = conversations_from_dataset(data), Counter()
+    conversations, read_reports = read_conversation_data(data, skip_bad_lines=skip_bad_lines)
     examples, report = build_examples(conversations, tokenizer, max_length=max_length)
+    bad_lines = sum((r.skipped_lines for r in read_reports.values()), Counter())
     report.skipped.update({f"bad line: {reason}": count for reason, count in bad_lines.items()})
-    if not examples:
-        raise ConversationFormatError(f"no training example in {data!r}: {report}")
-    columns = {key: [example[key] for example in examples] for key in examples[0]}
-    return Dataset.from_dict(columns), report
+    if not examples and not allow_empty:
+        raise ConversationFormatError(f"no training example in {_describe(data)}: {report}")
+    columns = ("input_ids", "labels", "source", "line", "pair_index")
+    return Dataset.from_dict({key: [example[key] for example in examples] for key in columns}), report
 
 
 __all__ = [
+    "BUILTIN_DATA",
     "BuildReport",
     "Conversation",
     "ConversationFormatError",
     "ReadReport",
     "build_examples",
-    "clean_message",
+    "builtin_data_path",
     "conversations_from_dataset",
-    "encode_pair",
+    "encode_example",
     "load_conversation_dataset",
+    "pair_messages",
+    "read_conversation_data",
     "read_conversation_files",
     "read_conversations",
     "read_texts",
+    "split_conversations",
 ]

@@ -1,4 +1,4 @@
-"""Evaluating a Smolite folder on conversation files: the function behind `smolite evaluate`."""
+"""Evaluating a Smolite folder on conversations: the function behind `smolite evaluate`."""
 
 from __future__ import annotations
 
@@ -6,36 +6,31 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-from transformers import PrinterCallback, TrainingArguments
+from transformers import PrinterCallback
 
-from .data import build_examples, read_conversation_files
+from .data import load_conversation_dataset
 from .folders import check_model_folder, load_model, load_tokenizer
-from .training import examples_to_dataset, smolite_trainer
+from .training import SmoliteTrainingArguments, smolite_trainer
 
 
-def evaluate_model(model_dir: str | os.PathLike, data, batch_size: int = 64, skip_bad_lines: bool = False,
+def evaluate_model(model_dir: str | os.PathLike, data, batch_size: int | None = None, skip_bad_lines: bool = False,
                    allow_pickle: bool = False):
     """`(metrics, BuildReport)`: the smoothed `loss`, `masked_accuracy`, `masked_perplexity`, `perplexity`, `targets`.
 
-    A local `model_dir` is checked first (`smolite_hf.folders`); pickle weights only with `allow_pickle`."""
+    `data`: conversation files or a `datasets.Dataset` (`smolite_hf.data.load_conversation_dataset`), encoded in the
+    model's window. `batch_size` defaults to the training batch size (`SmoliteTrainingArguments`). A local
+    `model_dir` is checked first (`smolite_hf.folders`); pickle weights only with `allow_pickle`."""
     if Path(model_dir).exists():
         check_model_folder(model_dir, allow_pickle=allow_pickle)
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, allow_pickle=allow_pickle)
-    conversations, _ = read_conversation_files(data, skip_bad_lines=skip_bad_lines)
-    examples, report = build_examples(conversations, tokenizer, max_length=model.config.max_position_embeddings)
-    if not examples:
+    dataset, report = load_conversation_dataset(data, tokenizer, max_length=model.config.max_position_embeddings,
+                                                skip_bad_lines=skip_bad_lines, allow_empty=True)
+    if not len(dataset):
         raise ValueError(f"no example to evaluate in {data}: {report}")
     with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            per_device_eval_batch_size=batch_size,
-            report_to="none",
-            use_cpu=not torch.cuda.is_available(),
-            disable_tqdm=True,
-        )
-        trainer = smolite_trainer(model, args, tokenizer, eval_dataset=examples_to_dataset(examples))
+        args = SmoliteTrainingArguments(output_dir=scratch, per_device_eval_batch_size=batch_size, disable_tqdm=True)
+        trainer = smolite_trainer(model, args, tokenizer, eval_dataset=dataset)
         trainer.remove_callback(PrinterCallback)  # stdout is the caller's (`smolite evaluate --json`)
         raw = trainer.evaluate()
     metrics = {

@@ -21,6 +21,9 @@ PRESETS = {
     # The original `generate`: cooler sampling, a longer minimum, no repetition penalty.
     "original": {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.0, "min_length": 20, "max_new_tokens": 98},
 }
+# Greedy decoding, laid over a preset (`smolite chat --greedy`, `"do_sample": false` in `smolite serve`): always the
+# most likely token; the sampling fields are set to their neutral values so that generate() does not warn about them.
+GREEDY = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50}
 
 
 def smolite_generation_config(config, preset: str = "chat", **overrides) -> GenerationConfig:
@@ -45,4 +48,4 @@ def smolite_generation_config(config, preset: str = "chat", **overrides) -> Gene
     return GenerationConfig(**fields)
 
 
-__all__ = ["PRESETS", "smolite_generation_config"]
+__all__ = ["GREEDY", "PRESETS", "smolite_generation_config"]

@@ -2,61 +2,237 @@
 
 ```python
 from smolite_hf.training import train
-result = train("runs/my-smolite", size="small", epochs=10)   # the built-in Korean conversations
+result = train("runs/my-smolite", size="mini", epochs=10)   # the built-in Korean conversations
 print(result.metrics)
 ```
 
-The seed's recipe is the default: Adam (no weight decay) with learning rate 1e-4, betas (0.9, 0.95), epsilon 1e-8,
-gradients clipped to a global norm of 1.0 (Keras clipped each tensor on its own), batch 64, one epoch, the model's own
-label-smoothed loss (ε = 0.1). `TrainingArguments.label_smoothing_factor` must stay 0: for a model outside
-transformers' own mapping the Trainer applies it to unshifted labels, silently training the model to copy its input;
-`LabelSmoothingGuard` refuses it.
+Every option is declared once, in three dataclasses that `HfArgumentParser` reads (as transformers'
+`examples/pytorch/language-modeling/run_clm.py` does): `SmoliteModelArguments` (which model, tokenizer and adapters),
+`SmoliteDataArguments` (which conversations) and `SmoliteTrainingArguments`, a `TrainingArguments` whose defaults are
+the seed's recipe: Adam (no weight decay) with learning rate 1e-4 (constant), betas (0.9, 0.95), epsilon 1e-8,
+gradients clipped to a global norm of 1.0 (Keras clipped each tensor on its own), batch 64, one epoch, the model's
+own label-smoothed loss (ε = 0.1). `smolite train --help`, `train(**options)` and the classes share those defaults and
+help texts; `train()` takes the fields by name or by their command-line names (`epochs`, `batch_size`, `config`).
+
+`train_with_arguments` runs the named steps: `prepare_output_dir`, `read_training_data`, `prepare_tokenizer`,
+`prepare_model`, `prepare_datasets`, `resolve_schedule`, `smolite_trainer`, `save_final_model`.
+
+`TrainingArguments.label_smoothing_factor` must stay 0: for a model outside transformers' own mapping the Trainer
+applies it to unshifted labels, silently training the model to copy its input; `LabelSmoothingGuard` refuses it.
 """
 
-from __future__ import annotations
-
 import copy
+import dataclasses
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import (
     DataCollatorForSeq2Seq,
+    HfArgumentParser,
     Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
 )
-from accelerate import PartialState
+from transformers.trainer_utils import IntervalStrategy, SchedulerType
+from transformers.training_args import OptimizerNames
 
-from .configuration_smolite import SmoliteConfig
-from .data import Conversation, build_examples, read_conversation_files
+from .configuration_smolite import SIZE_ALIASES, SIZE_PRESETS, SmoliteConfig
+from .data import read_conversation_data, load_conversation_dataset, split_conversations
 from .folders import check_model_folder, last_complete_checkpoint, load_model, load_tokenizer, replace_folder_contents
 from .generation import smolite_generation_config
 from .metrics import compute_metrics, make_preprocess_logits_for_metrics
 from .modeling_smolite import SmoliteForCausalLM
 from .tokenization_smolite import SmoliteTokenizer
 
-# Model sizes for training from scratch; "seed" is the released Small size (the vocabulary comes from the tokenizer).
-SIZES = {
-    "seed": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, intermediate_size=1024, adapter_size=64),
-    "small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, adapter_size=32),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, adapter_size=16),
-}
-BUILTIN_DATA = "korean_everyday_chat.jsonl"
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+def _sizes_help() -> str:
+    sizes = ", ".join(f"{name} (hidden {p['hidden_size']}, {p['num_hidden_layers']} layers)" for name, p in SIZE_PRESETS.items())
+    aliases = ", ".join(f"{alias!r} is {name!r}" for alias, name in SIZE_ALIASES.items())
+    return f"size preset of a model from scratch: {sizes}; small is the released Small ({aliases})"
 
 
-def builtin_data_path() -> Path:
-    """The Korean everyday-conversation dataset shipped with the package (see its README for the license)."""
-    return Path(str(resources.files("smolite_hf") / "resources" / BUILTIN_DATA))
+@dataclass
+class SmoliteModelArguments:
+    """Which model is trained: from scratch (a size preset or a config file) or fine-tuned, and with which tokenizer."""
+
+    _argument_group_name = "model"
+
+    size: str = field(
+        default="small",
+        metadata={"choices": [*SIZE_PRESETS, *SIZE_ALIASES], "metavar": "{" + ",".join(SIZE_PRESETS) + "}",
+                  "help": _sizes_help()},
+    )
+    config_file: str | None = field(
+        default=None,
+        metadata={"aliases": ["--config"], "metavar": "FILE", "help": "a JSON file of SmoliteConfig fields (instead of --size)"},
+    )
+    from_pretrained: str | None = field(
+        default=None, metadata={"metavar": "DIR", "help": "fine-tune this model folder (or Hub id)"}
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"metavar": "DIR_OR_MODEL", "help": "a tokenizer folder or an original SentencePiece .model "
+                  "(default: that of --from-pretrained, else one trained on the data)"},
+    )
+    vocab_size: int = field(default=1500, metadata={"help": "pieces of a tokenizer trained on the data"})
+    max_length: int | None = field(
+        default=None,
+        metadata={"metavar": "N", "help": "the window of a model from scratch (default: SmoliteConfig's "
+                  f"max_position_embeddings, {SmoliteConfig().max_position_embeddings})"},
+    )
+    allow_pickle: bool = field(
+        default=False, metadata={"help": "load pytorch_model.bin (pickle) weights; only for files you trust"}
+    )
+    lora: bool = field(
+        default=False,
+        metadata={"help": "LoRA (PEFT): train adapters on --from-pretrained instead of all weights (needs peft)"},
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA adapter rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA adapter scale numerator"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA adapters' input"})
+    lora_target_modules: str = field(
+        default="q_proj,k_proj,v_proj,o_proj",
+        metadata={"help": "comma-separated modules that get LoRA adapters (the attention projections; also "
+                  "gate_proj, up_proj, down_proj, adapter.down, adapter.up)"},
+    )
+
+    @property
+    def lora_modules(self) -> list[str]:
+        """`lora_target_modules` as a list (a comma-separated string, or in Python any sequence of names)."""
+        modules = self.lora_target_modules
+        return modules.split(",") if isinstance(modules, str) else list(modules)
+
+
+@dataclass
+class SmoliteDataArguments:
+    """Which conversations are trained on and evaluated (`smolite_hf.data` reads and encodes them)."""
+
+    _argument_group_name = "data"
+
+    data: list[str] | None = field(
+        default=None,
+        metadata={"metavar": "FILE", "help": "conversation files (JSON Lines, ShareGPT or messages format; in Python "
+                  "also a datasets.Dataset); default: the built-in Korean conversations"},
+    )
+    eval_data: list[str] | None = field(
+        default=None, metadata={"metavar": "FILE", "help": "evaluation files (default: hold out --eval-fraction)"}
+    )
+    eval_fraction: float = field(
+        default=0.1, metadata={"metavar": "F", "help": "share of the conversations held out for evaluation"}
+    )
+    skip_bad_lines: bool = field(default=False, metadata={"help": "count and skip malformed lines"})
+
+
+@dataclass
+class SmoliteTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the seed's recipe and `smolite train`'s run settings as defaults.
+
+    Adam without weight decay (`adamw_torch`), learning rate 1e-4 constant, betas 0.9/0.95, epsilon 1e-8, clipping to a
+    global norm of 1.0, batch 64 (evaluation too, unless given), one epoch; a checkpoint and an evaluation every
+    quarter of the run, the last two checkpoints kept, a log line every 10 steps, `data_seed` = `seed`, the CPU where
+    there is no CUDA. `resume` and `overwrite` say what to do with an output folder that holds an earlier run.
+
+    ```python
+    >>> args = SmoliteTrainingArguments(output_dir="runs/x", max_steps=100)
+    >>> args.learning_rate, args.adam_beta2, args.per_device_eval_batch_size
+    (0.0001, 0.95, 64)
+    ```
+    """
+
+    _argument_group_name = "training (transformers.TrainingArguments with the seed's recipe as defaults)"
+
+    output_dir: str = field(metadata={"metavar": "DIR", "help": "the run folder: checkpoints, then the final model"})
+    num_train_epochs: float = field(default=1.0, metadata={"aliases": ["--epochs"], "help": "passes over the data"})
+    per_device_train_batch_size: int = field(
+        default=64, metadata={"aliases": ["--batch-size"], "help": "examples per batch (per process)"}
+    )
+    per_device_eval_batch_size: int | None = field(
+        default=None, metadata={"help": "examples per evaluation batch (default: the training batch size)"}
+    )
+    learning_rate: float = field(default=1e-4, metadata={"help": "Adam's learning rate"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam's beta1"})
+    adam_beta2: float = field(default=0.95, metadata={"help": "Adam's beta2"})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam's epsilon"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (the seed: none)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip gradients to this global norm"})
+    optim: OptimizerNames | str = field(default="adamw_torch", metadata={"help": "the optimizer"})
+    lr_scheduler_type: SchedulerType | str = field(default="constant", metadata={"help": "the learning-rate schedule"})
+    eval_strategy: IntervalStrategy | str = field(
+        default="steps", metadata={"help": "when to evaluate (none when there is no evaluation data)"}
+    )
+    eval_steps: float | None = field(
+        default=None, metadata={"help": "evaluate every N steps, or a fraction of the run below 1 (default: --save-steps)"}
+    )
+    save_steps: float = field(
+        default=0.25,
+        metadata={"help": "write a checkpoint every N steps, or every such fraction of the run (below 1: rounded "
+                  "down, at least one step)"},
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept (the newest)"})
+    logging_steps: float = field(default=10, metadata={"help": "log the loss every N steps"})
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "recompute activations in the backward pass to save memory (= --activation-checkpointing)",
+                  "nargs": "?", "const": True},
+    )
+    resume: bool = field(default=False, metadata={"help": "continue from the latest complete checkpoint in DIR"})
+    overwrite: bool = field(default=False, metadata={"help": "start again in a DIR that holds an earlier run"})
+
+    def __post_init__(self):
+        if self.resume_from_checkpoint is not None:
+            raise ValueError(
+                f"resume_from_checkpoint={self.resume_from_checkpoint!r}: smolite train resumes with --resume, from the "
+                "latest complete checkpoint in the output folder."
+            )
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
+        if self.eval_steps is None:
+            self.eval_steps = self.save_steps
+        if self.data_seed is None:
+            self.data_seed = self.seed
+        if not torch.cuda.is_available():
+            self.use_cpu = True
+        if self.activation_checkpointing is None and self.gradient_checkpointing is not None:
+            self.activation_checkpointing = self.gradient_checkpointing  # our name for it, without the deprecation
+        super().__post_init__()
+
+
+TRAIN_ARGUMENTS = (SmoliteModelArguments, SmoliteDataArguments, SmoliteTrainingArguments)
+
+
+def option_names() -> dict[str, str]:
+    """Every name `train()` accepts -> its field: the field names, and the command-line names (`--epochs`: `epochs`)."""
+    names = {}
+    for argument_class in TRAIN_ARGUMENTS:
+        for f in dataclasses.fields(argument_class):
+            if f.init:
+                names[f.name] = f.name
+                for alias in f.metadata.get("aliases", []):
+                    names[alias.lstrip("-").replace("-", "_")] = f.name
+    return names
+
+
+def parse_train_options(**options) -> tuple[SmoliteModelArguments, SmoliteDataArguments, SmoliteTrainingArguments]:
+    """The three argument dataclasses from keyword options (field names or command-line names); an unknown name or
+    two names for one option raise `TypeError`."""
+    names, fields = option_names(), {}
+    for key, value in options.items():
+        if key not in names:
+            raise TypeError(
+                f"train() got an unknown option {key!r}; options are the fields of SmoliteModelArguments, "
+                "SmoliteDataArguments and SmoliteTrainingArguments, or their command-line names (epochs, batch_size)."
+            )
+        if names[key] in fields:
+            raise TypeError(f"train() got {names[key]!r} twice (as {key!r} too).")
+        fields[names[key]] = value
+    return HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(fields)
 
 
 class LabelSmoothingGuard(TrainerCallback):
@@ -78,30 +254,6 @@ def smolite_collator(tokenizer) -> DataCollatorForSeq2Seq:
     return DataCollatorForSeq2Seq(right_padded, label_pad_token_id=-100, padding="longest")
 
 
-def split_conversations(conversations: list[Conversation], eval_fraction: float, seed: int):
-    """A reproducible train/eval split by conversation (turns of one conversation never straddle the split)."""
-    if not 0 <= eval_fraction < 1:
-        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}.")
-    order = list(range(len(conversations)))
-    random.Random(seed).shuffle(order)
-    n_eval = round(len(conversations) * eval_fraction)
-    if eval_fraction and n_eval == 0 and len(conversations) > 1:
-        n_eval = 1
-    eval_ids = set(order[:n_eval])
-    train_set = [c for i, c in enumerate(conversations) if i not in eval_ids]
-    eval_set = [c for i, c in enumerate(conversations) if i in eval_ids]
-    return train_set, eval_set
-
-
-def examples_to_dataset(examples):
-    """A `datasets.Dataset` of the `input_ids` and `labels` of `build_examples` output, or `None` when empty."""
-    from datasets import Dataset
-
-    if not examples:
-        return None
-    return Dataset.from_dict({"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples]})
-
-
 def smolite_trainer(model, args: TrainingArguments, tokenizer, train_dataset=None, eval_dataset=None, callbacks=()):
     """A `Trainer` set up for Smolite: dynamic padding, the seed's masked metrics, and `LabelSmoothingGuard`."""
     return Trainer(
@@ -117,227 +269,125 @@ def smolite_trainer(model, args: TrainingArguments, tokenizer, train_dataset=Non
     )
 
 
-def _load_tokenizer(tokenizer, from_pretrained, output_dir: Path, resume: bool):
-    if resume and (output_dir / "tokenizer.json").is_file():
-        return load_tokenizer(output_dir)  # the run being resumed made it
-    if tokenizer is not None:
-        if str(tokenizer).endswith(".model"):
-            return SmoliteTokenizer.from_sentencepiece(tokenizer)
-        return load_tokenizer(tokenizer)
-    if from_pretrained is not None:
-        return load_tokenizer(from_pretrained)
-    return None
+# ------------------------------------------------------------------------------------------------- the steps
 
 
-def _build_model(from_pretrained, size, config_file, tokenizer, max_length, seed, allow_pickle=False):
-    if from_pretrained is not None:
-        model = load_model(from_pretrained, allow_pickle=allow_pickle)
-        if model.config.vocab_size < len(tokenizer):
-            raise ValueError(
-                f"the tokenizer has {len(tokenizer)} pieces but the model in {from_pretrained} only "
-                f"{model.config.vocab_size}."
-            )
-        return model
-    if config_file is not None:
-        fields = json.loads(Path(config_file).read_text(encoding="utf-8"))
-    elif size in SIZES:
-        fields = dict(SIZES[size])
-    else:
-        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)} or give a config file.")
-    fields.update(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        unk_token_id=tokenizer.unk_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        sep_token_id=tokenizer.sep_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    if max_length is not None:
-        fields["max_position_embeddings"] = max_length
-    set_seed(seed)
-    return SmoliteForCausalLM(SmoliteConfig(**fields))
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    metrics: dict
-    data_report: dict
-    train_seconds: float
-
-
-def train(
-    output_dir: str | os.PathLike,
-    data=None,
-    *,
-    eval_data=None,
-    eval_fraction: float = 0.1,
-    size: str = "seed",
-    config_file: str | os.PathLike | None = None,
-    from_pretrained: str | os.PathLike | None = None,
-    tokenizer: str | os.PathLike | None = None,
-    vocab_size: int = 1500,
-    max_length: int | None = None,
-    learning_rate: float = 1e-4,
-    adam_beta1: float = 0.9,
-    adam_beta2: float = 0.95,
-    adam_epsilon: float = 1e-8,
-    max_grad_norm: float = 1.0,
-    batch_size: int = 64,
-    gradient_accumulation_steps: int = 1,
-    epochs: float = 1.0,
-    max_steps: int = -1,
-    eval_steps: int | None = None,
-    save_steps: int | None = None,
-    save_total_limit: int | None = 2,
-    logging_steps: int = 10,
-    seed: int = 42,
-    bf16: bool = False,
-    resume: bool = False,
-    overwrite: bool = False,
-    lora: bool = False,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    lora_target_modules: tuple[str, ...] = LORA_TARGET_MODULES,
-    gradient_checkpointing: bool = False,
-    skip_bad_lines: bool = False,
-    allow_pickle: bool = False,
-    callbacks: list | None = None,
-    disable_tqdm: bool | None = None,
-) -> TrainResult:
-    """Train (or fine-tune) Smolite on conversation files; write a complete model + tokenizer folder to `output_dir`.
-
-    `data`: conversation files (JSON Lines, ShareGPT or messages format); the built-in Korean dataset when `None`.
-    `eval_data`: evaluation files; otherwise `eval_fraction` of the conversations is held out. The model comes from
-    `from_pretrained` (a folder or Hub id), else from `config_file` (a JSON of `SmoliteConfig` fields), else from the
-    `size` preset. The tokenizer comes from `tokenizer` (a folder or an original `.model`), else from
-    `from_pretrained`, else is trained on the training conversations with `vocab_size` pieces. Checkpoints are written
-    every `save_steps` under `output_dir/checkpoint-N`; `resume=True` continues from the latest complete one (a
-    checkpoint the run was killed while writing is removed, with a message). A folder that already holds a run is
-    refused unless `resume` or `overwrite` (which deletes that run's checkpoints) is given. The final model is moved
-    in by `folders.replace_folder_contents`, so a kill during that save leaves no folder that loads.
-    A local `from_pretrained` folder is checked first (`smolite_hf.folders`); pickle weights only with `allow_pickle`.
-
-    `lora=True` (with `from_pretrained`) trains only LoRA adapters (PEFT) of rank `lora_r` on `lora_target_modules`
-    and writes an adapter (`adapter_config.json`, `adapter_model.safetensors`) instead of full weights.
-    `gradient_checkpointing=True` recomputes activations in the backward pass to save memory.
-    """
-    if lora and from_pretrained is None:
-        raise ValueError("--lora fine-tunes adapters on a trained model: give --from-pretrained MODEL_DIR.")
-    started = time.monotonic()
-    if from_pretrained is not None and Path(from_pretrained).exists():  # refuse a damaged folder before any work
-        check_model_folder(from_pretrained, tokenizer=tokenizer is None, allow_pickle=allow_pickle)
-    output_dir = Path(output_dir)
+def prepare_output_dir(args: SmoliteTrainingArguments) -> Path:
+    """The run folder; an earlier run in it is refused unless `resume` (kept) or `overwrite` (its checkpoints and
+    report deleted)."""
+    output_dir = Path(args.output_dir)
     previous = sorted(output_dir.glob("checkpoint-*")) + [p for p in (output_dir / "training_report.json",) if p.exists()]
-    if previous and not resume:
-        if not overwrite:
+    if previous and not args.resume:
+        if not args.overwrite:
             raise ValueError(
                 f"{output_dir}: holds an earlier run ({previous[0].name}); pass --resume to continue it or "
                 "--overwrite to start again."
             )
         for path in previous:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    conversations, reports = read_conversation_files(data or builtin_data_path(), skip_bad_lines=skip_bad_lines)
-    files = [str(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data or [builtin_data_path()])]
-    read_reports = [{"file": f, "lines": r.lines, "skipped_lines": dict(r.skipped_lines)} for f, r in zip(files, reports)]
-    if eval_data is not None:
-        train_conversations = conversations
-        eval_conversations = read_conversation_files(eval_data, skip_bad_lines=skip_bad_lines)[0]
-    else:
-        train_conversations, eval_conversations = split_conversations(conversations, eval_fraction, seed)
+    return output_dir
 
+
+def read_training_data(data_args: SmoliteDataArguments, seed: int):
+    """`(train_conversations, eval_conversations, file_reports)`: `eval_data`, or `eval_fraction` of the
+    conversations held out (by conversation, reproducibly)."""
+    conversations, reports = read_conversation_data(data_args.data, skip_bad_lines=data_args.skip_bad_lines)
+    file_reports = [{"file": name, **report.as_dict()} for name, report in reports.items()]
+    if data_args.eval_data is not None:
+        eval_conversations, _ = read_conversation_data(data_args.eval_data, skip_bad_lines=data_args.skip_bad_lines)
+        return conversations, eval_conversations, file_reports
+    return *split_conversations(conversations, data_args.eval_fraction, seed), file_reports
+
+
+def prepare_tokenizer(model_args: SmoliteModelArguments, args: SmoliteTrainingArguments, train_conversations):
+    """The tokenizer, saved in the run folder: the resumed run's, `tokenizer`, that of `from_pretrained`, or one
+    trained on the training conversations with `vocab_size` pieces.
+
+    Under torchrun / accelerate launch the main process makes (and saves) it first, the others load it: every process
+    must train with the same vocabulary, and tokenizers' Unigram trainer is not reproducible."""
+    output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    state = PartialState(cpu=not torch.cuda.is_available())
-    # Under torchrun / accelerate launch the main process makes (and saves) the tokenizer first, the others load it:
-    # every process must train with the same vocabulary, and tokenizers' Unigram trainer is not reproducible.
-    with state.main_process_first():
-        smolite_tokenizer = _load_tokenizer(tokenizer, from_pretrained, output_dir, resume or not state.is_main_process)
-        if smolite_tokenizer is None:
+    is_main = args.process_index == 0
+    with args.main_process_first(local=False, desc="the tokenizer"):
+        if (args.resume or not is_main) and (output_dir / "tokenizer.json").is_file():
+            tokenizer = load_tokenizer(output_dir)  # the run being resumed (or the main process) made it
+        elif model_args.tokenizer is not None:
+            if str(model_args.tokenizer).endswith(".model"):
+                tokenizer = SmoliteTokenizer.from_sentencepiece(model_args.tokenizer)
+            else:
+                tokenizer = load_tokenizer(model_args.tokenizer)
+        elif model_args.from_pretrained is not None:
+            tokenizer = load_tokenizer(model_args.from_pretrained)
+        else:
             texts = [text for conversation in train_conversations for _, text in conversation.messages]
-            smolite_tokenizer = SmoliteTokenizer.train(texts, vocab_size=vocab_size)
-        if state.is_main_process:
-            smolite_tokenizer.save_pretrained(output_dir)
-    model = _build_model(from_pretrained, size, config_file, smolite_tokenizer, max_length, seed, allow_pickle)
-    window = model.config.max_position_embeddings
-    smolite_tokenizer.model_max_length = window
-    generation_config = smolite_generation_config(model.config)
-    if lora:
+            tokenizer = SmoliteTokenizer.train(texts, vocab_size=model_args.vocab_size)
+        if is_main:
+            tokenizer.save_pretrained(output_dir)
+    return tokenizer
+
+
+def prepare_model(model_args: SmoliteModelArguments, tokenizer, seed: int):
+    """The model to train: `from_pretrained`, or a new one from `config_file` or the `size` preset with the
+    tokenizer's vocabulary and special ids (initialised after `set_seed(seed)`); wrapped in LoRA adapters with `lora`."""
+    if model_args.from_pretrained is not None:
+        model = load_model(model_args.from_pretrained, allow_pickle=model_args.allow_pickle)
+        if model.config.vocab_size < len(tokenizer):
+            raise ValueError(
+                f"the tokenizer has {len(tokenizer)} pieces but the model in {model_args.from_pretrained} only "
+                f"{model.config.vocab_size}."
+            )
+    else:
+        fields = dict(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            unk_token_id=tokenizer.unk_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            sep_token_id=tokenizer.sep_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        if model_args.max_length is not None:
+            fields["max_position_embeddings"] = model_args.max_length
+        if model_args.config_file is not None:
+            config = SmoliteConfig(**{**json.loads(Path(model_args.config_file).read_text(encoding="utf-8")), **fields})
+        else:
+            config = SmoliteConfig.from_size(model_args.size, **fields)
+        set_seed(seed)
+        model = SmoliteForCausalLM(config)
+    if model_args.lora:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(
             model,
-            LoraConfig(task_type="CAUSAL_LM", r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                       target_modules=list(lora_target_modules)),
+            LoraConfig(task_type="CAUSAL_LM", r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
+                       lora_dropout=model_args.lora_dropout, target_modules=model_args.lora_modules),
         )
-
-    train_examples, train_report = build_examples(train_conversations, smolite_tokenizer, max_length=window)
-    eval_examples, eval_report = build_examples(eval_conversations, smolite_tokenizer, max_length=window)
-    if not train_examples:
-        raise ValueError(f"no training example in {files}: {train_report}")
-
-    steps_per_epoch = max(1, -(-len(train_examples) // (batch_size * gradient_accumulation_steps)))
-    total_steps = max_steps if max_steps > 0 else max(1, int(steps_per_epoch * epochs))
-    save_steps = save_steps or max(1, total_steps // 4)
-    eval_steps = eval_steps or save_steps
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        learning_rate=learning_rate,
-        adam_beta1=adam_beta1,
-        adam_beta2=adam_beta2,
-        adam_epsilon=adam_epsilon,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        lr_scheduler_type="constant",
-        max_grad_norm=max_grad_norm,
-        num_train_epochs=epochs,
-        max_steps=max_steps,
-        eval_strategy="steps" if eval_examples else "no",
-        eval_steps=eval_steps,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=save_total_limit,
-        logging_steps=logging_steps,
-        seed=seed,
-        data_seed=seed,
-        bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),
-        report_to="none",
-        dataloader_num_workers=0,
-        disable_tqdm=disable_tqdm,
-        activation_checkpointing=gradient_checkpointing,
-    )
-    trainer = smolite_trainer(
-        model,
-        args,
-        smolite_tokenizer,
-        train_dataset=examples_to_dataset(train_examples),
-        eval_dataset=examples_to_dataset(eval_examples),
-        callbacks=callbacks or (),
-    )
-    checkpoint = None
-    if resume:  # the main process removes incomplete checkpoints (with a message) before the others look
-        with state.main_process_first():
-            checkpoint = last_complete_checkpoint(output_dir, report=print if state.is_main_process else lambda _: None)
-    if resume and checkpoint is None:
-        print(f"smolite train: no checkpoint in {output_dir} to resume from; starting from the beginning.")
-    trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = trainer.evaluate() if eval_examples else {}
-
-    base_model = model.get_base_model() if lora else model
-    base_model.config.use_cache = True  # the Trainer switches the cache off for training
-    base_model.generation_config = generation_config
-    data_report = {"files": read_reports, "train": train_report.as_dict(), "eval": eval_report.as_dict()}
-    elapsed = time.monotonic() - started
-    if trainer.is_world_process_zero():
-        _save_final(trainer, smolite_tokenizer, output_dir, {"metrics": metrics, "data": data_report, "train_seconds": elapsed})
-    return TrainResult(output_dir, metrics, data_report, elapsed)
+    return model
 
 
-def _save_final(trainer: Trainer, tokenizer, output_dir: Path, report: dict) -> None:
+def prepare_datasets(train_conversations, eval_conversations, tokenizer, window: int, where):
+    """`(train_dataset, eval_dataset or None, {"train": report, "eval": report})` by `load_conversation_dataset`."""
+    train_dataset, train_report = load_conversation_dataset(train_conversations, tokenizer, max_length=window,
+                                                            allow_empty=True)
+    eval_dataset, eval_report = load_conversation_dataset(eval_conversations, tokenizer, max_length=window,
+                                                          allow_empty=True)
+    if not len(train_dataset):
+        raise ValueError(f"no training example in {where}: {train_report}")
+    reports = {"train": train_report.as_dict(), "eval": eval_report.as_dict()}
+    return train_dataset, eval_dataset if len(eval_dataset) else None, reports
+
+
+def resolve_schedule(args: SmoliteTrainingArguments, train_examples: int) -> None:
+    """`save_steps` and `eval_steps` given as fractions of the run (below 1) become step counts, rounded down (at
+    least 1): a quarter of an 8-step run is 2 steps, of a 6-step run 1. (The Trainer would round up.)"""
+    steps_per_epoch = max(1, -(-train_examples // (args.per_device_train_batch_size * args.gradient_accumulation_steps)))
+    total_steps = args.max_steps if args.max_steps > 0 else max(1, int(steps_per_epoch * args.num_train_epochs))
+    for name in ("save_steps", "eval_steps"):
+        value = getattr(args, name)
+        if 0 < value < 1:
+            setattr(args, name, max(1, int(total_steps * value)))
+
+
+def save_final_model(trainer: Trainer, tokenizer, output_dir: Path, report: dict) -> None:
     """Write the final model, tokenizer and report beside the checkpoints: everything into a staging folder first,
     then moved in by `replace_folder_contents` (a kill midway leaves a folder no loader accepts, never a mix)."""
     for old in output_dir.glob(".final-*"):  # the staging folder of a save that was killed
@@ -354,14 +404,103 @@ def _save_final(trainer: Trainer, tokenizer, output_dir: Path, report: dict) -> 
         shutil.rmtree(staging, ignore_errors=True)
 
 
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict
+    data_report: dict
+    train_seconds: float
+
+
+def train_with_arguments(model_args: SmoliteModelArguments, data_args: SmoliteDataArguments,
+                         args: SmoliteTrainingArguments, callbacks=None) -> TrainResult:
+    """`train` from the three argument dataclasses (what `smolite train` parses); see the module doc for the steps."""
+    if model_args.lora and model_args.from_pretrained is None:
+        raise ValueError("--lora fine-tunes adapters on a trained model: give --from-pretrained MODEL_DIR.")
+    started = time.monotonic()
+    pretrained = model_args.from_pretrained
+    if pretrained is not None and Path(pretrained).exists():  # refuse a damaged folder before any work
+        check_model_folder(pretrained, tokenizer=model_args.tokenizer is None, allow_pickle=model_args.allow_pickle)
+    output_dir = prepare_output_dir(args)
+    train_conversations, eval_conversations, file_reports = read_training_data(data_args, args.seed)
+
+    tokenizer = prepare_tokenizer(model_args, args, train_conversations)
+    model = prepare_model(model_args, tokenizer, args.seed)
+    base_model = model.get_base_model() if model_args.lora else model
+    window = base_model.config.max_position_embeddings
+    tokenizer.model_max_length = window
+
+    where = [row["file"] for row in file_reports] or "the dataset"
+    train_dataset, eval_dataset, data_report = prepare_datasets(train_conversations, eval_conversations, tokenizer,
+                                                                window, where)
+    resolve_schedule(args, len(train_dataset))
+    if eval_dataset is None:
+        args.eval_strategy = IntervalStrategy.NO
+    trainer = smolite_trainer(model, args, tokenizer, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                              callbacks=callbacks or ())
+    checkpoint = None
+    if args.resume:  # the main process removes incomplete checkpoints (with a message) before the others look
+        with args.main_process_first(local=False, desc="the checkpoints"):
+            checkpoint = last_complete_checkpoint(output_dir, report=print if args.process_index == 0 else lambda _: None)
+        if checkpoint is None:
+            print(f"smolite train: no checkpoint in {output_dir} to resume from; starting from the beginning.")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = trainer.evaluate() if eval_dataset is not None else {}
+
+    base_model.config.use_cache = True  # the Trainer switches the cache off for training
+    base_model.generation_config = smolite_generation_config(base_model.config)
+    data_report = {"files": file_reports, **data_report}
+    elapsed = time.monotonic() - started
+    if trainer.is_world_process_zero():
+        save_final_model(trainer, tokenizer, output_dir, {"metrics": metrics, "data": data_report, "train_seconds": elapsed})
+    return TrainResult(output_dir, metrics, data_report, elapsed)
+
+
+def train(output_dir: str | os.PathLike, data=None, *, callbacks: list | None = None, **options) -> TrainResult:
+    """Train (or fine-tune) Smolite on conversations; write a complete model + tokenizer folder to `output_dir`.
+
+    `options` are the fields of `SmoliteModelArguments`, `SmoliteDataArguments` and `SmoliteTrainingArguments`, by
+    name or by their command-line names (`epochs` = `num_train_epochs`, `batch_size` = `per_device_train_batch_size`,
+    `config` = `config_file`); their defaults are the seed's recipe. In short:
+
+    `data`: conversation files (JSON Lines, ShareGPT or messages format) or a `datasets.Dataset`; the built-in Korean
+    dataset when `None`. `eval_data`: evaluation files; otherwise `eval_fraction` of the conversations is held out. The
+    model comes from `from_pretrained` (a folder or Hub id), else from `config_file` (a JSON of `SmoliteConfig`
+    fields), else from the `size` preset. The tokenizer comes from `tokenizer` (a folder or an original `.model`),
+    else from `from_pretrained`, else is trained on the training conversations with `vocab_size` pieces. Checkpoints
+    are written every `save_steps` under `output_dir/checkpoint-N`; `resume=True` continues from the latest complete
+    one (a checkpoint the run was killed while writing is removed, with a message). A folder that already holds a run
+    is refused unless `resume` or `overwrite` (which deletes that run's checkpoints) is given. The final model is
+    moved in by `folders.replace_folder_contents`, so a kill during that save leaves no folder that loads.
+    A local `from_pretrained` folder is checked first (`smolite_hf.folders`); pickle weights only with `allow_pickle`.
+
+    `lora=True` (with `from_pretrained`) trains only LoRA adapters (PEFT) of rank `lora_r` on `lora_target_modules`
+    and writes an adapter (`adapter_config.json`, `adapter_model.safetensors`) instead of full weights.
+    `gradient_checkpointing=True` recomputes activations in the backward pass to save memory. `callbacks` are added
+    to the Trainer's.
+    """
+    model_args, data_args, args = parse_train_options(output_dir=str(output_dir), data=data, **options)
+    return train_with_arguments(model_args, data_args, args, callbacks=callbacks)
+
+
 __all__ = [
-    "SIZES",
     "LabelSmoothingGuard",
+    "SmoliteDataArguments",
+    "SmoliteModelArguments",
+    "SmoliteTrainingArguments",
+    "TRAIN_ARGUMENTS",
     "TrainResult",
-    "builtin_data_path",
-    "examples_to_dataset",
+    "option_names",
+    "parse_train_options",
+    "prepare_datasets",
+    "prepare_model",
+    "prepare_output_dir",
+    "prepare_tokenizer",
+    "read_training_data",
+    "resolve_schedule",
+    "save_final_model",
     "smolite_collator",
     "smolite_trainer",
-    "split_conversations",
     "train",
+    "train_with_arguments",
 ]

@@ -4,15 +4,19 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from smolite_hf import SmoliteTokenizer
 from smolite_hf.data import (
     ConversationFormatError,
     build_examples,
+    builtin_data_path,
+    encode_example,
     load_conversation_dataset,
     read_conversations,
 )
-from smolite_hf.training import builtin_data_path, smolite_collator
+from smolite_hf.training import smolite_collator
 
 from .conftest import keras_reference_file
 
@@ -61,6 +65,42 @@ def test_labels_match_the_original_targets_apart_from_the_documented_deviations(
                 assert t + 1 == prompt_length, (row, t)
         if targets[99] != 0:  # a full window: the original also trained position 99 on <end>, which shifted
             assert row == 12 and targets[99] == tokenizer.eos_token_id  # labels cannot express (documented)
+
+
+def hand_built_pair(tokenizer, prompt, response, max_length):
+    """The preprocessing before the chat-template pipeline: `<start> {prompt} <sep>` and `{reply} <end>` encoded
+    apart, the original's cleaning (newlines to spaces, ends stripped), the reply cut to fit."""
+    prompt, response = (text.replace("\n", " ").strip() for text in (prompt, response))
+    prompt_ids = tokenizer(f"{tokenizer.bos_token} {prompt} {tokenizer.sep_token}", add_special_tokens=False,
+                           verbose=False)["input_ids"]
+    if len(prompt_ids) >= max_length:
+        return None
+    response_ids = tokenizer(f"{response} {tokenizer.eos_token}", add_special_tokens=False, verbose=False)["input_ids"]
+    room = max_length - len(prompt_ids)
+    return prompt_ids + response_ids[:room], [-100] * len(prompt_ids) + response_ids[:room], len(response_ids) > room
+
+
+def chat(prompt, reply):
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
+
+
+@pytest.mark.parametrize("max_length", [100, 30])
+def test_the_chat_template_pipeline_equals_the_hand_built_encoding(tokenizer, max_length):
+    pairs = [(a[1], b[1]) for path in (keras_reference_file("conversations.jsonl"), builtin_data_path())
+             for c in read_conversations(path)[0] for a, b in zip(c.messages[::2], c.messages[1::2])
+             if (a[0], b[0]) == ("human", "gpt")]
+    assert len(pairs) > 500
+    for prompt, reply in pairs:
+        assert encode_example(tokenizer, chat(prompt, reply), max_length) == hand_built_pair(tokenizer, prompt, reply, max_length)
+
+
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=40) | st.sampled_from(["", " ", "\n", "<sep>", "a <end> b"])
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(prompt=TEXT, reply=TEXT)
+def test_the_chat_template_pipeline_equals_the_hand_built_encoding_on_any_text(tokenizer, prompt, reply):
+    assert encode_example(tokenizer, chat(prompt, reply), 100) == hand_built_pair(tokenizer, prompt, reply, 100)
 
 
 def test_one_end_token_by_default(tokenizer):
@@ -143,6 +183,28 @@ def test_dataset_from_a_datasets_dataset(tokenizer):
     rows = Dataset.from_dict({"messages": [[{"role": "user", "content": "안녕"}, {"role": "assistant", "content": "반가워"}]]})
     dataset, report = load_conversation_dataset(rows, tokenizer)
     assert report.used == 1 and dataset[0]["input_ids"] == tokenizer("<start> 안녕 <sep> 반가워 <end>")["input_ids"]
+    prompt = tokenizer("<start> 안녕 <sep>")["input_ids"]
+    assert dataset[0]["labels"] == [-100] * len(prompt) + tokenizer("반가워 <end>")["input_ids"]
+
+
+def test_dataset_from_files_the_builtin_data_and_nothing(tmp_path, tokenizer):
+    builtin, report = load_conversation_dataset(None, tokenizer)
+    assert len(builtin) == report.used > 500 and report.pairs == 523
+    assert builtin[0]["source"] == str(builtin_data_path()) and builtin[0]["line"] == 1
+    bad = write_lines(tmp_path / "only_bad.jsonl", ["{oops", json.dumps({"messages": [{"role": "assistant", "content": "x"}]})])
+    with pytest.raises(ConversationFormatError, match="no training example in .*only_bad.jsonl: 0 examples"):
+        load_conversation_dataset([bad], tokenizer, skip_bad_lines=True)
+    empty, report = load_conversation_dataset([bad], tokenizer, skip_bad_lines=True, allow_empty=True)
+    assert len(empty) == 0 and report.skipped["bad line: not valid JSON"] == 1
+
+
+def test_a_chat_template_without_generation_marks_is_refused(tokenizer):
+    import copy
+
+    plain = copy.copy(tokenizer)
+    plain.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    with pytest.raises(ValueError, match=r"does not mark assistant replies with \{% generation %\}"):
+        encode_example(plain, chat("a", "b"), 100)
 
 
 def test_collator_pads_dynamically_on_the_right(tokenizer):

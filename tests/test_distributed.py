@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -22,6 +23,7 @@ TRAIN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_process_run_matches_one_process(tmp_path):
     data = tmp_path / "eight.jsonl"  # 8 examples: each of the 2 steps sees the whole data set, in any order
     lines = [json.dumps({"conversations": [{"from": "human", "value": f"질문 {i} 안녕하세요"},

@@ -19,6 +19,7 @@ from smolite_hf.training import train
 
 from .conftest import REPO, keras_reference_file
 
+pytestmark = pytest.mark.slow
 
 
 def make_settings(converted_dir, steps, save_every):

@@ -2,6 +2,7 @@
 
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from .conftest import REPO, keras_reference_file
@@ -15,6 +16,7 @@ def test_committed_notebook_has_no_outputs():
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     monkeypatch.setenv("SMOLITE_KERAS_WEIGHTS", str(keras_reference_file("smolite_tiny.weights.h5")))
     monkeypatch.setenv("SMOLITE_NOTEBOOK_DIR", str(tmp_path / "work"))

@@ -124,3 +124,87 @@ def test_bf16_mixed_precision_training_keeps_float32_weights(tmp_path, data):
     assert torch.isfinite(torch.tensor(result.metrics["eval_loss"]))
     saved = load_file(result.output_dir / "model.safetensors")
     assert all(t.dtype == torch.float32 for t in saved.values())
+
+
+# -- options: declared once, shared by the command line and train() ----------------------------------------------
+
+
+def parsed_command(*argv):
+    from transformers import HfArgumentParser
+
+    from smolite_hf.cli import build_parser
+    from smolite_hf.training import TRAIN_ARGUMENTS
+
+    return HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(vars(build_parser().parse_args(["train", *argv])),
+                                                        allow_extra_keys=True)
+
+
+def test_the_defaults_are_the_seed_recipe_on_the_command_line_and_in_python(tmp_path):
+    from smolite_hf.training import parse_train_options
+
+    model_args, data_args, args = parsed_command("--output-dir", str(tmp_path))
+    assert (model_args, data_args) == parse_train_options(output_dir=str(tmp_path))[:2]
+    assert args.to_dict() == parse_train_options(output_dir=str(tmp_path))[2].to_dict()
+    recipe = (args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay,
+              args.max_grad_norm, args.optim.value, args.lr_scheduler_type.value)
+    assert recipe == (1e-4, 0.9, 0.95, 1e-8, 0.0, 1.0, "adamw_torch", "constant")
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size, args.num_train_epochs) == (64, 64, 1.0)
+    assert (args.label_smoothing_factor, args.save_total_limit, args.data_seed) == (0.0, 2, args.seed)
+    assert (model_args.size, model_args.vocab_size, data_args.data, data_args.eval_fraction) == ("small", 1500, None, 0.1)
+
+
+def test_the_earlier_flag_names_still_work(tmp_path):
+    model_args, data_args, args = parsed_command(
+        "--output-dir", str(tmp_path), "--epochs", "3", "--batch-size", "8", "--learning-rate", "5e-4",
+        "--size", "seed", "--config", "c.json", "--data", "a.jsonl", "b.jsonl", "--eval-data", "e.jsonl",
+        "--eval-fraction", "0.2", "--vocab-size", "420", "--tokenizer", "tok", "--from-pretrained", "base",
+        "--max-length", "64", "--resume", "--overwrite", "--bf16", "--lora", "--lora-r", "4", "--lora-alpha", "8",
+        "--lora-dropout", "0.1", "--lora-target-modules", "q_proj,v_proj", "--skip-bad-lines", "--allow-pickle",
+        "--gradient-checkpointing", "--gradient-accumulation-steps", "2", "--max-steps", "5", "--save-steps", "2",
+        "--eval-steps", "1", "--logging-steps", "3", "--seed", "7",
+    )
+    assert (args.num_train_epochs, args.per_device_train_batch_size, args.per_device_eval_batch_size) == (3, 8, 8)
+    assert (args.learning_rate, args.resume, args.overwrite, args.bf16, args.activation_checkpointing) == (5e-4, True, True, True, True)
+    assert (args.gradient_accumulation_steps, args.max_steps, args.save_steps, args.eval_steps) == (2, 5, 2, 1)
+    assert (args.logging_steps, args.seed, args.data_seed) == (3, 7, 7)
+    assert (model_args.size, model_args.config_file, model_args.vocab_size, model_args.max_length) == ("seed", "c.json", 420, 64)
+    assert (model_args.tokenizer, model_args.from_pretrained, model_args.allow_pickle) == ("tok", "base", True)
+    assert (model_args.lora, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout) == (True, 4, 8, 0.1)
+    assert model_args.lora_modules == ["q_proj", "v_proj"]
+    assert (data_args.data, data_args.eval_data, data_args.eval_fraction, data_args.skip_bad_lines) == (
+        ["a.jsonl", "b.jsonl"], ["e.jsonl"], 0.2, True)
+
+
+def test_train_takes_field_names_and_command_line_names_and_refuses_others(tmp_path):
+    from smolite_hf.training import parse_train_options
+
+    model_args, _, args = parse_train_options(output_dir=str(tmp_path), epochs=2, per_device_eval_batch_size=3,
+                                              config="c.json", lora_target_modules=("q_proj",))
+    assert (args.num_train_epochs, args.per_device_eval_batch_size, model_args.config_file) == (2, 3, "c.json")
+    assert model_args.lora_modules == ["q_proj"]
+    with pytest.raises(TypeError, match="unknown option 'epoch'"):
+        train(tmp_path, epoch=2)
+    with pytest.raises(TypeError, match="'num_train_epochs' twice"):
+        train(tmp_path, epochs=2, num_train_epochs=3)
+
+
+def test_unknown_size_and_resume_from_checkpoint_are_refused(tmp_path, capsys):
+    from smolite_hf.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--output-dir", str(tmp_path), "--size", "huge"])
+    assert exited.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+    assert main(["train", "--output-dir", str(tmp_path), "--resume-from-checkpoint", "x"]) == 2
+    assert "smolite train resumes with --resume" in capsys.readouterr().err
+
+
+def test_a_quarter_of_the_run_is_rounded_down(tmp_path):
+    from smolite_hf.training import SmoliteTrainingArguments, resolve_schedule
+
+    for examples, steps in ((6 * 64, 1), (8 * 64, 2), (10 * 64 - 5, 2)):  # 6, 8 and 10 steps of 64
+        args = SmoliteTrainingArguments(output_dir=str(tmp_path))
+        resolve_schedule(args, examples)
+        assert (args.save_steps, args.eval_steps) == (steps, steps), examples
+    given = SmoliteTrainingArguments(output_dir=str(tmp_path), save_steps=3, max_steps=40)
+    resolve_schedule(given, 1000)
+    assert (given.save_steps, given.eval_steps) == (3, 3)
