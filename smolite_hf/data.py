@@ -30,14 +30,18 @@ from pathlib import Path
 
 from .configuration_smolite import SmoliteConfig
 
-BUILTIN_DATA = "korean_everyday_chat.jsonl"
+# The built-in corpus, with its held-out split fixed in the data (see resources/README.md).
+BUILTIN_SPLITS = {"train": "korean_everyday_chat.train.jsonl", "test": "korean_everyday_chat.test.jsonl"}
 ROLE_ALIASES = {"user": "human", "assistant": "gpt"}
 CHAT_ROLES = {"human": "user", "gpt": "assistant"}  # conversation roles -> chat-template roles
 
 
-def builtin_data_path() -> Path:
-    """The Korean everyday-conversation dataset shipped with the package (see its README for the license)."""
-    return Path(str(resources.files("smolite_hf") / "resources" / BUILTIN_DATA))
+def builtin_data_path(split: str = "train") -> Path:
+    """A split (`"train"` or `"test"`, the fixed held-out part) of the Korean everyday-conversation corpus shipped
+    with the package (CC0; see `smolite_hf/resources/README.md`)."""
+    if split not in BUILTIN_SPLITS:
+        raise ValueError(f"the built-in data has the splits {sorted(BUILTIN_SPLITS)}, not {split!r}.")
+    return Path(str(resources.files("smolite_hf") / "resources" / BUILTIN_SPLITS[split]))
 
 
 class ConversationFormatError(ValueError):
@@ -174,10 +178,10 @@ def _is_files(data) -> bool:
 def read_conversation_data(data=None, skip_bad_lines: bool = False) -> tuple[list[Conversation], dict[str, ReadReport]]:
     """The conversations of `data`, and a read report per file (`{}` for a dataset).
 
-    `data`: a conversation file, a list of files, `None` (the built-in data), a `datasets.Dataset` (or any sequence of
+    `data`: a conversation file, a list of files, `None` (the built-in training split), a `datasets.Dataset` (or any sequence of
     dicts) with a `conversations` or `messages` column, or a list of `Conversation`s (returned as they are).
     """
-    data = builtin_data_path() if data is None else data
+    data = builtin_data_path("train") if data is None else data
     if _is_files(data):
         paths = [data] if isinstance(data, (str, os.PathLike)) else list(data)
         conversations, reports = read_conversation_files(paths, skip_bad_lines=skip_bad_lines)
@@ -235,11 +239,24 @@ class BuildReport:
                 "truncated": self.truncated, "skipped": dict(self.skipped)}  # fmt: skip
 
 
-def pair_messages(messages: list[tuple[str, str]], pair_index: int) -> list[dict]:
-    """The chat messages of the example for the human -> gpt pair at `pair_index`: the pair alone (as the original;
-    a conversation's earlier turns are not context). `encode_example` trains the last reply of whatever is returned,
-    so earlier turns could be prepended here as context."""
-    return [{"role": CHAT_ROLES[role], "content": text} for role, text in messages[pair_index : pair_index + 2]]
+def pair_messages(messages: list[tuple[str, str]], pair_index: int, context_pairs: int = 0) -> list[dict]:
+    """The chat messages of the example for the human -> gpt pair at `pair_index`, preceded by up to `context_pairs`
+    earlier pairs of the conversation as context (0: the pair alone, as the original). `encode_example` trains only
+    the last reply of what is returned."""
+    start = max(0, pair_index - 2 * context_pairs)
+    return [{"role": CHAT_ROLES[role], "content": text} for role, text in messages[start : pair_index + 2]]
+
+
+def _with_context(tokenizer, messages, pair_index: int, context_pairs: int, max_length: int, end_tokens: int):
+    """`encode_example` of the pair with as many of its `context_pairs` earlier pairs as leave the whole reply in the
+    window (whole pairs are dropped, oldest first, as the chat window rule does); the pair alone when none fits."""
+    for context in range(context_pairs, 0, -1):
+        if not all(messages[i][0] == ("human", "gpt")[i % 2] for i in range(pair_index - 2 * context, pair_index)):
+            continue  # context only from well-formed human -> gpt pairs
+        encoded = encode_example(tokenizer, pair_messages(messages, pair_index, context), max_length, end_tokens)
+        if encoded is not None and not encoded[2]:
+            return encoded
+    return encode_example(tokenizer, pair_messages(messages, pair_index), max_length, end_tokens)
 
 
 def encode_example(tokenizer, messages: list[dict], max_length: int, end_tokens: int = 1):
@@ -275,11 +292,14 @@ def encode_example(tokenizer, messages: list[dict], max_length: int, end_tokens:
     return prompt_ids + response_ids, [-100] * len(prompt_ids) + response_ids, truncated
 
 
-def build_examples(conversations: list[Conversation], tokenizer, max_length: int | None = None, end_tokens: int = 1):
+def build_examples(conversations: list[Conversation], tokenizer, max_length: int | None = None, end_tokens: int = 1,
+                   context_pairs: int = 0):
     """Training examples by the original rules; returns `(examples, BuildReport)`.
 
     Messages are taken two at a time, (0, 1), (2, 3), ...; a pair is an example only when it is exactly human then
-    gpt; each pair stands alone (`pair_messages`). A trailing unpaired message is ignored. `max_length` is the window
+    gpt; each pair stands alone (`pair_messages`) unless `context_pairs` > 0, which puts up to that many earlier pairs
+    of the conversation before it as context (only the last reply is trained; earlier pairs are dropped, oldest
+    first, until the whole reply fits the window). A trailing unpaired message is ignored. `max_length` is the window
     (default: `SmoliteConfig`'s `max_position_embeddings`); a pair whose prompt alone fills it has nothing to train
     and is dropped (the original kept it with every target masked). Each example carries `source`, `line` and
     `pair_index` so that it can be traced back. Encoding: `encode_example`.
@@ -296,7 +316,7 @@ def build_examples(conversations: list[Conversation], tokenizer, max_length: int
             if (messages[pair_index][0], messages[pair_index + 1][0]) != ("human", "gpt"):
                 report.skipped["not a human -> gpt pair"] += 1
                 continue
-            encoded = encode_example(tokenizer, pair_messages(messages, pair_index), max_length, end_tokens)
+            encoded = _with_context(tokenizer, messages, pair_index, context_pairs, max_length, end_tokens)
             if encoded is None:
                 report.skipped["prompt fills the window"] += 1
                 continue
@@ -310,7 +330,7 @@ def build_examples(conversations: list[Conversation], tokenizer, max_length: int
 
 def _describe(data) -> str:
     if data is None:
-        return str(builtin_data_path())
+        return str(builtin_data_path("train"))
     if _is_files(data):
         return str(data) if isinstance(data, (str, os.PathLike)) else ", ".join(map(str, data))
     sources = sorted({item.source for item in data if isinstance(item, Conversation)})
@@ -318,18 +338,18 @@ def _describe(data) -> str:
 
 
 def load_conversation_dataset(data, tokenizer, max_length: int | None = None, skip_bad_lines: bool = False,
-                              allow_empty: bool = False):
+                              allow_empty: bool = False, context_pairs: int = 0):
     """A `datasets.Dataset` of training examples (`input_ids`, `labels`, `source`, `line`, `pair_index`).
 
     The one way from data to examples (`smolite train` and `smolite evaluate` use it). `data`: a conversation file, a
-    list of files, `None` (the built-in data), a `datasets.Dataset` with a `conversations` or `messages` column, or a
+    list of files, `None` (the built-in training split), a `datasets.Dataset` with a `conversations` or `messages` column, or a
     list of `Conversation`s. `max_length`: the window (default: `SmoliteConfig`'s). Returns `(dataset, BuildReport)`;
     the report also counts bad lines skipped with `skip_bad_lines`. No example is an error unless `allow_empty`.
     """
     from datasets import Dataset
 
     conversations, read_reports = read_conversation_data(data, skip_bad_lines=skip_bad_lines)
-    examples, report = build_examples(conversations, tokenizer, max_length=max_length)
+    examples, report = build_examples(conversations, tokenizer, max_length=max_length, context_pairs=context_pairs)
     bad_lines = sum((r.skipped_lines for r in read_reports.values()), Counter())
     report.skipped.update({f"bad line: {reason}": count for reason, count in bad_lines.items()})
     if not examples and not allow_empty:
@@ -339,7 +359,7 @@ def load_conversation_dataset(data, tokenizer, max_length: int | None = None, sk
 
 
 __all__ = [
-    "BUILTIN_DATA",
+    "BUILTIN_SPLITS",
     "BuildReport",
     "Conversation",
     "ConversationFormatError",

@@ -44,7 +44,7 @@ from transformers.trainer_utils import IntervalStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
 from .configuration_smolite import SIZE_ALIASES, SIZE_PRESETS, SmoliteConfig
-from .data import read_conversation_data, load_conversation_dataset, split_conversations
+from .data import builtin_data_path, load_conversation_dataset, read_conversation_data, split_conversations
 from .folders import check_model_folder, last_complete_checkpoint, load_model, load_tokenizer, replace_folder_contents
 from .generation import smolite_generation_config
 from .metrics import compute_metrics, make_preprocess_logits_for_metrics
@@ -128,6 +128,11 @@ class SmoliteDataArguments:
         default=0.1, metadata={"metavar": "F", "help": "share of the conversations held out for evaluation"}
     )
     skip_bad_lines: bool = field(default=False, metadata={"help": "count and skip malformed lines"})
+    context_pairs: int = field(
+        default=0,
+        metadata={"metavar": "N", "help": "earlier human -> gpt pairs of a conversation put before each pair as context, "
+                  "as far as the window allows (0: each pair alone, as the original)"},
+    )
 
 
 @dataclass
@@ -289,14 +294,21 @@ def prepare_output_dir(args: SmoliteTrainingArguments) -> Path:
 
 
 def read_training_data(data_args: SmoliteDataArguments, seed: int):
-    """`(train_conversations, eval_conversations, file_reports)`: `eval_data`, or `eval_fraction` of the
-    conversations held out (by conversation, reproducibly)."""
+    """`(train_conversations, eval_conversations, file_reports, eval_split)`: `eval_data`; for the built-in data its
+    fixed test split; otherwise `eval_fraction` of the conversations held out (by conversation, reproducibly).
+    `eval_split` says in words which of these it was."""
+    eval_data = data_args.eval_data
+    if data_args.data is None and eval_data is None:
+        eval_data = [str(builtin_data_path("test"))]
     conversations, reports = read_conversation_data(data_args.data, skip_bad_lines=data_args.skip_bad_lines)
     file_reports = [{"file": name, **report.as_dict()} for name, report in reports.items()]
-    if data_args.eval_data is not None:
-        eval_conversations, _ = read_conversation_data(data_args.eval_data, skip_bad_lines=data_args.skip_bad_lines)
-        return conversations, eval_conversations, file_reports
-    return *split_conversations(conversations, data_args.eval_fraction, seed), file_reports
+    if eval_data is not None:
+        eval_conversations, _ = read_conversation_data(eval_data, skip_bad_lines=data_args.skip_bad_lines)
+        builtin = data_args.eval_data is None
+        split = f"the built-in test split ({eval_data[0]})" if builtin else f"the evaluation files {', '.join(map(str, eval_data))}"
+        return conversations, eval_conversations, file_reports, split
+    train, held_out = split_conversations(conversations, data_args.eval_fraction, seed)
+    return train, held_out, file_reports, f"{data_args.eval_fraction:g} of the conversations held out (seed {seed})"
 
 
 def prepare_tokenizer(model_args: SmoliteModelArguments, args: SmoliteTrainingArguments, train_conversations):
@@ -364,12 +376,12 @@ def prepare_model(model_args: SmoliteModelArguments, tokenizer, seed: int):
     return model
 
 
-def prepare_datasets(train_conversations, eval_conversations, tokenizer, window: int, where):
+def prepare_datasets(train_conversations, eval_conversations, tokenizer, window: int, where, context_pairs: int = 0):
     """`(train_dataset, eval_dataset or None, {"train": report, "eval": report})` by `load_conversation_dataset`."""
     train_dataset, train_report = load_conversation_dataset(train_conversations, tokenizer, max_length=window,
-                                                            allow_empty=True)
+                                                            allow_empty=True, context_pairs=context_pairs)
     eval_dataset, eval_report = load_conversation_dataset(eval_conversations, tokenizer, max_length=window,
-                                                          allow_empty=True)
+                                                          allow_empty=True, context_pairs=context_pairs)
     if not len(train_dataset):
         raise ValueError(f"no training example in {where}: {train_report}")
     reports = {"train": train_report.as_dict(), "eval": eval_report.as_dict()}
@@ -422,7 +434,7 @@ def train_with_arguments(model_args: SmoliteModelArguments, data_args: SmoliteDa
     if pretrained is not None and Path(pretrained).exists():  # refuse a damaged folder before any work
         check_model_folder(pretrained, tokenizer=model_args.tokenizer is None, allow_pickle=model_args.allow_pickle)
     output_dir = prepare_output_dir(args)
-    train_conversations, eval_conversations, file_reports = read_training_data(data_args, args.seed)
+    train_conversations, eval_conversations, file_reports, eval_split = read_training_data(data_args, args.seed)
 
     tokenizer = prepare_tokenizer(model_args, args, train_conversations)
     model = prepare_model(model_args, tokenizer, args.seed)
@@ -432,7 +444,7 @@ def train_with_arguments(model_args: SmoliteModelArguments, data_args: SmoliteDa
 
     where = [row["file"] for row in file_reports] or "the dataset"
     train_dataset, eval_dataset, data_report = prepare_datasets(train_conversations, eval_conversations, tokenizer,
-                                                                window, where)
+                                                                window, where, data_args.context_pairs)
     resolve_schedule(args, len(train_dataset))
     if eval_dataset is None:
         args.eval_strategy = IntervalStrategy.NO
@@ -449,7 +461,7 @@ def train_with_arguments(model_args: SmoliteModelArguments, data_args: SmoliteDa
 
     base_model.config.use_cache = True  # the Trainer switches the cache off for training
     base_model.generation_config = smolite_generation_config(base_model.config)
-    data_report = {"files": file_reports, **data_report}
+    data_report = {"files": file_reports, "eval_split": eval_split, "context_pairs": data_args.context_pairs, **data_report}
     elapsed = time.monotonic() - started
     if trainer.is_world_process_zero():
         save_final_model(trainer, tokenizer, output_dir, {"metrics": metrics, "data": data_report, "train_seconds": elapsed})

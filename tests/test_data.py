@@ -1,6 +1,7 @@
 """Conversation files and training examples, by the original rules and with clear errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 
 from smolite_hf import SmoliteTokenizer
 from smolite_hf.data import (
+    Conversation,
     ConversationFormatError,
     build_examples,
     builtin_data_path,
@@ -86,7 +88,7 @@ def chat(prompt, reply):
 
 @pytest.mark.parametrize("max_length", [100, 30])
 def test_the_chat_template_pipeline_equals_the_hand_built_encoding(tokenizer, max_length):
-    pairs = [(a[1], b[1]) for path in (keras_reference_file("conversations.jsonl"), builtin_data_path())
+    pairs = [(a[1], b[1]) for path in (keras_reference_file("conversations.jsonl"), builtin_data_path("test"))
              for c in read_conversations(path)[0] for a, b in zip(c.messages[::2], c.messages[1::2])
              if (a[0], b[0]) == ("human", "gpt")]
     assert len(pairs) > 500
@@ -189,7 +191,7 @@ def test_dataset_from_a_datasets_dataset(tokenizer):
 
 def test_dataset_from_files_the_builtin_data_and_nothing(tmp_path, tokenizer):
     builtin, report = load_conversation_dataset(None, tokenizer)
-    assert len(builtin) == report.used > 500 and report.pairs == 523
+    assert len(builtin) == report.used > 5000 and report.pairs == 5472
     assert builtin[0]["source"] == str(builtin_data_path()) and builtin[0]["line"] == 1
     bad = write_lines(tmp_path / "only_bad.jsonl", ["{oops", json.dumps({"messages": [{"role": "assistant", "content": "x"}]})])
     with pytest.raises(ConversationFormatError, match="no training example in .*only_bad.jsonl: 0 examples"):
@@ -219,9 +221,53 @@ def test_collator_pads_dynamically_on_the_right(tokenizer):
 
 
 def test_builtin_dataset():
-    conversations, report = read_conversations(builtin_data_path())
+    splits = {split: read_conversations(builtin_data_path(split)) for split in ("train", "test")}
+    conversations = [c for read, report in splits.values() for c in read]
+    assert all(report.skipped_lines == {} for _, report in splits.values())
     pairs = [(a, b) for c in conversations for a, b in zip(c.messages[::2], c.messages[1::2])]
-    assert report.skipped_lines == {} and len(pairs) >= 500
+    assert len(conversations) >= 3000 and len(pairs) >= 5000  # what the data card promises
+    assert sum(len(c.messages) > 2 for c in conversations) > len(conversations) / 2  # mostly multi-turn
     assert all(a[0] == "human" and b[0] == "gpt" for a, b in pairs)
     assert sum(any("\uac00" <= ch <= "\ud7a3" for ch in b[1]) for _, b in pairs) == len(pairs)  # Korean replies
-    assert len({a[1] for a, _ in pairs}) == len(pairs)  # no repeated question
+    first_prompts = {split: {c.messages[0][1] for c in read} for split, (read, _) in splits.items()}
+    assert not first_prompts["train"] & first_prompts["test"]  # the held-out split is held out
+    topics = {json.loads(line)["topic"] for split in ("train", "test") for line in open(builtin_data_path(split), encoding="utf-8")}
+    assert len(topics) >= 50
+    with pytest.raises(ValueError, match="splits"):
+        builtin_data_path("validation")
+
+
+def test_the_corpus_checker_passes_the_builtin_data_and_catches_what_it_promises(tmp_path):
+    import subprocess
+    import sys
+
+    checker = Path(__file__).resolve().parents[1] / "scripts" / "check_corpus.py"
+    files = [str(builtin_data_path(split)) for split in ("train", "test")]
+    done = subprocess.run([sys.executable, str(checker), *files], capture_output=True, text=True)
+    assert done.returncode == 0 and "0 errors" in done.stdout, done.stdout[-2000:]
+    bad = tmp_path / "bad.jsonl"
+    rows = [("날씨 어때요?", "오늘은 맑아. 산책하기 좋겠다."),  # polite prompt, casual reply
+            ("주말에 뭐 하지?", "친구랑 영화 보는 거 어때?"), ("주말에 뭐 하지?", "집에서 푹 쉬는 것도 좋아.")]  # duplicate
+    bad.write_text("".join(json.dumps({"topic": "t", "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": r}]},
+                                      ensure_ascii=False) + "\n" for p, r in rows), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(checker), str(bad)], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "ERROR: register mismatch: 1" in done.stdout and "ERROR: duplicate prompt: 1" in done.stdout
+
+
+def test_context_pairs_put_earlier_turns_before_the_pair_as_far_as_the_window_allows(tokenizer):
+    messages = [("human", "안녕"), ("gpt", "반가워"), ("human", "뭐 해"), ("gpt", "쉬는 중"), ("human", "그럼 나도"), ("gpt", "같이 쉬자")]
+    conversation = Conversation(messages, "mem", 1)
+    alone, _ = build_examples([conversation], tokenizer)
+    with_context, report = build_examples([conversation], tokenizer, context_pairs=1)
+    assert [e["input_ids"] for e in alone] == [tokenizer(f"<start> {p} <sep> {r} <end>")["input_ids"]
+                                               for p, r in (("안녕", "반가워"), ("뭐 해", "쉬는 중"), ("그럼 나도", "같이 쉬자"))]
+    last = with_context[2]
+    # one earlier pair (not two): the prompt is `<start> 뭐 해 <sep> 쉬는 중 <end> <start> 그럼 나도 <sep>`
+    assert last["input_ids"] == tokenizer("<start> 뭐 해 <sep> 쉬는 중 <end> <start> 그럼 나도 <sep> 같이 쉬자 <end>")["input_ids"]
+    reply = tokenizer("같이 쉬자 <end>", add_special_tokens=False)["input_ids"]
+    assert [t for t in last["labels"] if t != -100] == last["input_ids"][-len(reply):]  # only the last reply is trained
+    assert with_context[0]["input_ids"] == alone[0]["input_ids"] and report.used == 3
+    # a window too small for the context with the whole reply: the earlier pair is dropped, as the chat window rule does
+    short = len(alone[2]["input_ids"]) + 2
+    assert build_examples([conversation], tokenizer, max_length=short, context_pairs=2)[0][2]["input_ids"] == alone[2]["input_ids"]

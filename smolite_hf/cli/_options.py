@@ -41,10 +41,12 @@ def seed(help: str) -> argparse.ArgumentParser:
     return parser
 
 
-def data_files() -> argparse.ArgumentParser:
-    """Required conversation (or text) files, and whether malformed lines are skipped."""
+def data_files(default: str | None = None) -> argparse.ArgumentParser:
+    """Conversation (or text) files — required unless `default` says what is used without them — and whether
+    malformed lines are skipped."""
     parser = _parent()
-    parser.add_argument("--data", nargs="+", required=True, metavar="FILE")
+    parser.add_argument("--data", nargs="+", required=default is None, metavar="FILE",
+                        help=f"default: {default}" if default else None)
     parser.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines")
     return parser
 
