@@ -70,7 +70,7 @@ def test_the_legacy_model_gives_the_same_loss_in_eval_and_training_mode(legacy, 
     ids, labels = torch.from_numpy(expected["train_ids"]), torch.from_numpy(expected["labels"])
     with torch.no_grad():
         eval_loss = model.eval()(ids, labels=labels).loss
-    train_out = model.train()(ids, labels=labels)  # hidden_dropout is 0 in this folder, so training mode is deterministic
+    train_out = model.train()(ids, labels=labels)  # hidden_dropout is 0 in this folder: a deterministic training mode
     model.eval()
     torch.testing.assert_close(eval_loss, torch.from_numpy(expected["eval_loss"]), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(train_out.loss.detach(), torch.from_numpy(expected["train_loss"]), rtol=1e-6, atol=1e-6)
