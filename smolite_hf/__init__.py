@@ -2,12 +2,17 @@
 
 Importing the package registers Smolite with the Auto classes, so `AutoConfig`, `AutoModel` and
 `AutoModelForCausalLM` and `AutoTokenizer` resolve `model_type="smolite"` folders, and marks the classes for `trust_remote_code`
-saving: a folder written by `save_pretrained` carries its own source files and loads on machines without this package.
+saving: a folder written by `save_pretrained` carries its own source files (configuration, modeling, loss and
+tokenization files) and loads on machines without this package.
+
+The model library is the four Hub-bound files (`configuration_smolite`, `modeling_smolite`, `loss_smolite`,
+`tokenization_smolite`) plus the converters and `folders` (checks and checksums of model folders); the README's
+"Package map" lists every module.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-from .configuration_smolite import SmoliteConfig
+from .configuration_smolite import SIZE_ALIASES, SIZE_PRESETS, SmoliteConfig
 from .modeling_smolite import SmoliteForCausalLM, SmoliteModel, SmolitePreTrainedModel
 from .tokenization_smolite import SmoliteTokenizer
 
@@ -23,4 +28,4 @@ SmoliteModel.register_for_auto_class("AutoModel")
 SmoliteForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 SmoliteTokenizer.register_for_auto_class("AutoTokenizer")
 
-__all__ = ["SmoliteConfig", "SmoliteForCausalLM", "SmoliteModel", "SmolitePreTrainedModel", "SmoliteTokenizer", "__version__"]
+__all__ = ["SIZE_ALIASES", "SIZE_PRESETS", "SmoliteConfig", "SmoliteForCausalLM", "SmoliteModel", "SmolitePreTrainedModel", "SmoliteTokenizer", "__version__"]

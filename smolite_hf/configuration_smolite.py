@@ -1,17 +1,18 @@
-"""Smolite model configuration."""
+"""Smolite model configuration, with the named size presets of the Smolite family."""
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.modeling_rope_utils import RopeParameters
 
-# Sizes for a model from scratch; "small" is the released Small (the defaults below). The vocabulary comes from the
-# tokenizer.
-SIZE_PRESETS = {
+# The architecture of each named size; every other field keeps its default (vocabulary 72000, window 100, ...).
+SIZE_PRESETS: dict[str, dict[str, int]] = {
+    # the released "Small" of the original Keras model (24.9M parameters with the 72000-piece vocabulary)
     "small": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, intermediate_size=1024, adapter_size=64),
     "mini": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512, adapter_size=32),
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, adapter_size=16),
 }
-SIZE_ALIASES = {"seed": "small"}
+# Other names of a preset: "seed" is what the seed's recipe (and `smolite train --size seed`) called the released Small.
+SIZE_ALIASES: dict[str, str] = {"seed": "small"}
 
 
 @strict
@@ -20,8 +21,9 @@ class SmoliteConfig(PreTrainedConfig):
     Configuration of a Smolite model: a small decoder-only transformer for Korean everyday chat.
 
     The defaults are the released "Small" size of the original Keras model (vocabulary 72000, hidden 256, 6 blocks,
-    8 heads, SwiGLU inner size 1024, a window of 100 positions). Field names follow transformers; the original Keras
-    constructor names are accepted as aliases and can be read back under either name:
+    8 heads, SwiGLU inner size 1024, a window of 100 positions); `SmoliteConfig.from_size("mini")` gives another
+    size of `SIZE_PRESETS`. Field names follow transformers; the original Keras constructor names are accepted as
+    aliases and can be read back under either name:
 
     | original (Keras) | here |
     |---|---|
@@ -48,6 +50,13 @@ class SmoliteConfig(PreTrainedConfig):
         rope_parameters: rotary settings; `rope_theta` (legacy keyword accepted) is the base, 10000 by default.
         initializer_range: standard deviation of the normal initialisation of linear and embedding weights.
         label_smoothing: epsilon of the label-smoothed cross entropy the model computes when given `labels`.
+        fuse_linear_cross_entropy: in training mode with `labels`, compute the output head only at the positions
+            that have a target, chunk by chunk together with the loss (`loss_smolite.fused_linear_causal_lm_loss`),
+            and return no `logits`. The loss and gradients are those of the plain computation; a training step is
+            about 2x faster at the released size (`benchmarks/bench_vs_llama.py`) and never holds the
+            `(batch, length, vocab)` logits. On by default, which is also what a `config.json` written before this
+            field existed gets. Evaluation mode always computes full logits; `model(..., skip_logits=...)` overrides
+            the choice for one call.
         tie_word_embeddings: the output projection is the embedding matrix (as in the original).
         pad_token_id, bos_token_id, sep_token_id, eos_token_id, unk_token_id: ids of `<pad>`, `<start>`, `<sep>`,
             `<end>` and `<unk>`. The converter reads them from the tokenizer when one is given.
@@ -99,6 +108,7 @@ class SmoliteConfig(PreTrainedConfig):
     rope_parameters: RopeParameters | dict | None = None
     initializer_range: float = 0.02
     label_smoothing: float = 0.1
+    fuse_linear_cross_entropy: bool = True
     use_cache: bool = True
     tie_word_embeddings: bool = True
     pad_token_id: int | None = 0
@@ -107,17 +117,28 @@ class SmoliteConfig(PreTrainedConfig):
     sep_token_id: int | None = 3
     eos_token_id: int | list[int] | None = 4
 
-    @classmethod
-    def from_size(cls, name: str, **overrides) -> "SmoliteConfig":
-        """A config of the size preset `name` (`SIZE_PRESETS`, or an alias in `SIZE_ALIASES`), fields overridden."""
-        preset = SIZE_ALIASES.get(name, name)
-        if preset not in SIZE_PRESETS:
-            raise ValueError(f"unknown size {name!r}; choose one of {sorted(SIZE_PRESETS)}.")
-        return cls(**{**SIZE_PRESETS[preset], **overrides})
-
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)  # applies the Keras aliases given as keywords, folds `rope_theta`
         self._check_values()
+
+    @classmethod
+    def from_size(cls, name: str, **overrides) -> "SmoliteConfig":
+        """The config of a named size (`SIZE_PRESETS`, or an alias in `SIZE_ALIASES`), with `overrides` applied.
+
+        ```python
+        >>> SmoliteConfig.from_size("mini", vocab_size=1500).hidden_size
+        128
+        ```
+        """
+        preset = SIZE_PRESETS.get(SIZE_ALIASES.get(name, name))
+        if preset is None:
+            sizes = ", ".join(
+                f"{size!r} (hidden {p['hidden_size']}, {p['num_hidden_layers']} layers)"
+                for size, p in SIZE_PRESETS.items()
+            )
+            aliases = ", ".join(f"{alias!r} = {size!r}" for alias, size in SIZE_ALIASES.items())
+            raise ValueError(f"Unknown Smolite size {name!r}; choose one of {sizes} (aliases: {aliases}).")
+        return cls(**{**preset, **overrides})
 
     @property
     def head_dim(self) -> int:

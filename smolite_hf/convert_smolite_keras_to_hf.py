@@ -11,16 +11,21 @@ from smolite_hf.convert_smolite_keras_to_hf import convert_keras_to_hf
 convert_keras_to_hf("smolite.weights.h5", "smolite-hf")
 ```
 
-Every size (vocabulary, hidden, blocks, heads, head size, feed-forward, adapter) is read from the weight shapes, so
-any size of the released family converts without a table. The window (`max_position_embeddings`, 100 for every
-released size) and the special-token ids cannot be seen in the weights: they default to the seed's values and can be
-given. The folder is written to a temporary folder beside the destination, reloaded, checked against an independent
-NumPy forward pass of the Keras weights, and only then renamed into place.
+Every size (vocabulary, hidden, blocks, heads, head size, feed-forward, adapter) is read from the weight shapes
+(`SIZES_FROM_SHAPES`), so any size of the released family converts without a size table. The window
+(`max_position_embeddings`, the config's default for every released size) and the special-token ids cannot be seen
+in the weights: they default to the config's values and can be given.
+
+`KEY_TABLE` lists every Keras dataset with the Hugging Face key(s) it becomes and the operations between them
+(`Transpose`, `MergeHeads`, `Chunk`, in the spirit of transformers' `WeightConverter`): reading, mapping and shape
+checks all follow from it, and the expected Keras shapes are those of `SmoliteForCausalLM` built on the meta device,
+run back through the operations. The folder is written to a temporary folder beside the destination, reloaded,
+checked against an independent NumPy forward pass of the Keras weights (`keras_reference_logits`, which reads the
+Keras arrays directly and does not use the table), and only then renamed into place.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,44 +38,120 @@ import numpy as np
 
 from .configuration_smolite import SmoliteConfig
 
-# (Keras dataset path relative to a block group, HF parameter name(s) relative to `model.layers.{i}`, conversion).
-# Keras dense kernels are [in, out]; a torch Linear weight is [out, in]. Attention kernels carry a head axis:
-# query/key/value [d, H, dh] flatten to [d, H*dh] (head-major), the output kernel [H, dh, d] to [H*dh, d].
-BLOCK_PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
-    (r"ln1/vars/0", ("input_layernorm.weight",), "copy"),
-    (r"ln1/vars/1", ("input_layernorm.bias",), "copy"),
-    (r"mha/(?P<qkv>query|key|value)_dense/vars/0", ("self_attn.{qkv}_proj.weight",), "heads_in_kernel"),
-    (r"mha/(?P<qkv>query|key|value)_dense/vars/1", ("self_attn.{qkv}_proj.bias",), "flatten"),
-    (r"mha/output_dense/vars/0", ("self_attn.o_proj.weight",), "heads_out_kernel"),
-    (r"mha/output_dense/vars/1", ("self_attn.o_proj.bias",), "copy"),
-    (r"adapter_(?P<side>down|up)/vars/0", ("adapter.{side}.weight",), "kernel"),
-    (r"adapter_(?P<side>down|up)/vars/1", ("adapter.{side}.bias",), "copy"),
-    (r"ln2/vars/0", ("post_attention_layernorm.weight",), "copy"),
-    (r"ln2/vars/1", ("post_attention_layernorm.bias",), "copy"),
-    # SwiGLU input projection: the first d_ff columns are the value (up_proj), the last d_ff the gate (gate_proj).
-    (r"ffn/proj/vars/0", ("mlp.up_proj.weight", "mlp.gate_proj.weight"), "split_kernel"),
-    (r"ffn/proj/vars/1", ("mlp.up_proj.bias", "mlp.gate_proj.bias"), "split"),
-    (r"ffn/out/vars/0", ("mlp.down_proj.weight",), "kernel"),
-    (r"ffn/out/vars/1", ("mlp.down_proj.bias",), "copy"),
+# Group names in the Keras file: Keras numbers repeated layer names (`embedding_1`), and names blocks `gpt_block`,
+# `gpt_block_1`, ... (block k is `gpt_block_<k>`; sorted numerically, so `_10` comes after `_9`).
+EMBEDDING_GROUP = r"embedding(?:_\d+)?"  # under `layers/`
+FINAL_NORM_GROUP = r"layer_normalization(?:_\d+)?"  # under `layers/`
+
+
+class KerasToHf:
+    """One step from Keras arrays to Hugging Face tensors, and back for shapes (as transformers' `ConversionOps`)."""
+
+    def convert(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def keras_shapes(self, shapes: list[tuple[int, ...]], config: SmoliteConfig) -> list[tuple[int, ...]]:
+        """The input shapes that give output `shapes`: how expected Keras shapes follow from the model's."""
+        raise NotImplementedError
+
+
+class Transpose(KerasToHf):
+    """A Keras dense kernel is `[in, out]`, a torch `Linear` weight `[out, in]`."""
+
+    def convert(self, arrays):
+        return [array.T for array in arrays]
+
+    def keras_shapes(self, shapes, config):
+        return [tuple(reversed(shape)) for shape in shapes]
+
+
+class MergeHeads(KerasToHf):
+    """Axes `axis, axis + 1` (heads, head size) of a Keras attention kernel or bias become one axis, head-major."""
+
+    def __init__(self, axis: int):
+        self.axis = axis
+
+    def convert(self, arrays):
+        return [array.reshape(*array.shape[: self.axis], -1, *array.shape[self.axis + 2 :]) for array in arrays]
+
+    def keras_shapes(self, shapes, config):
+        heads = (config.num_attention_heads, config.head_dim)
+        return [(*shape[: self.axis], *heads, *shape[self.axis + 1 :]) for shape in shapes]
+
+
+class Chunk(KerasToHf):
+    """One Keras array split into equal consecutive parts along `axis`, one per Hugging Face key."""
+
+    def __init__(self, axis: int, parts: int = 2):
+        self.axis, self.parts = axis, parts
+
+    def convert(self, arrays):
+        (array,) = arrays
+        return list(np.split(array, self.parts, axis=self.axis))
+
+    def keras_shapes(self, shapes, config):
+        first = shapes[0]
+        return [(*first[: self.axis], sum(shape[self.axis] for shape in shapes), *first[self.axis + 1 :])]
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """A Keras dataset (`{embedding}`, `{final_norm}`: the top-level groups; `{block}`: each block group), the
+    Hugging Face key(s) it becomes (`{i}`: the block index), and the operations between them, applied in order."""
+
+    keras: str
+    hf: tuple[str, ...]
+    operations: tuple[KerasToHf, ...] = ()
+
+    @property
+    def per_block(self) -> bool:
+        return "{block}" in self.keras
+
+
+def _rule(keras: str, hf: str | tuple[str, ...], *operations: KerasToHf) -> KeyRule:
+    return KeyRule(keras, (hf,) if isinstance(hf, str) else hf, operations)
+
+
+_LAYER = "model.layers.{i}"
+# Every dataset the converter reads, and what it becomes. Reading, the mapping and the shape checks all follow from
+# this table; the expected shapes come from `SmoliteForCausalLM` built on the meta device.
+KEY_TABLE: list[KeyRule] = [
+    _rule("{embedding}/vars/0", "model.embed_tokens.weight"),  # also the tied output head
+    _rule("{final_norm}/vars/0", "model.norm.weight"),
+    _rule("{final_norm}/vars/1", "model.norm.bias"),
+    _rule("{block}/ln1/vars/0", f"{_LAYER}.input_layernorm.weight"),
+    _rule("{block}/ln1/vars/1", f"{_LAYER}.input_layernorm.bias"),
+    # attention kernels [d, H, dh] and biases [H, dh]; the output kernel is [H, dh, d]
+    _rule("{block}/mha/query_dense/vars/0", f"{_LAYER}.self_attn.q_proj.weight", MergeHeads(1), Transpose()),
+    _rule("{block}/mha/query_dense/vars/1", f"{_LAYER}.self_attn.q_proj.bias", MergeHeads(0)),
+    _rule("{block}/mha/key_dense/vars/0", f"{_LAYER}.self_attn.k_proj.weight", MergeHeads(1), Transpose()),
+    _rule("{block}/mha/key_dense/vars/1", f"{_LAYER}.self_attn.k_proj.bias", MergeHeads(0)),
+    _rule("{block}/mha/value_dense/vars/0", f"{_LAYER}.self_attn.v_proj.weight", MergeHeads(1), Transpose()),
+    _rule("{block}/mha/value_dense/vars/1", f"{_LAYER}.self_attn.v_proj.bias", MergeHeads(0)),
+    _rule("{block}/mha/output_dense/vars/0", f"{_LAYER}.self_attn.o_proj.weight", MergeHeads(0), Transpose()),
+    _rule("{block}/mha/output_dense/vars/1", f"{_LAYER}.self_attn.o_proj.bias"),
+    _rule("{block}/adapter_down/vars/0", f"{_LAYER}.adapter.down.weight", Transpose()),
+    _rule("{block}/adapter_down/vars/1", f"{_LAYER}.adapter.down.bias"),
+    _rule("{block}/adapter_up/vars/0", f"{_LAYER}.adapter.up.weight", Transpose()),
+    _rule("{block}/adapter_up/vars/1", f"{_LAYER}.adapter.up.bias"),
+    _rule("{block}/ln2/vars/0", f"{_LAYER}.post_attention_layernorm.weight"),
+    _rule("{block}/ln2/vars/1", f"{_LAYER}.post_attention_layernorm.bias"),
+    # SwiGLU input projection [d, 2f]: the first f columns are the value (up_proj), the last f the gate (gate_proj)
+    _rule("{block}/ffn/proj/vars/0", (f"{_LAYER}.mlp.up_proj.weight", f"{_LAYER}.mlp.gate_proj.weight"),
+          Chunk(axis=1), Transpose()),
+    _rule("{block}/ffn/proj/vars/1", (f"{_LAYER}.mlp.up_proj.bias", f"{_LAYER}.mlp.gate_proj.bias"), Chunk(axis=0)),
+    _rule("{block}/ffn/out/vars/0", f"{_LAYER}.mlp.down_proj.weight", Transpose()),
+    _rule("{block}/ffn/out/vars/1", f"{_LAYER}.mlp.down_proj.bias"),
 ]
-SHORT_NAMES = {"query": "q", "key": "k", "value": "v"}
-TOP_LEVEL_PATTERNS: list[tuple[str, tuple[str, ...], str]] = [
-    (r"layers/embedding(?:_\d+)?/vars/0", ("model.embed_tokens.weight",), "copy"),
-    (r"layers/layer_normalization(?:_\d+)?/vars/0", ("model.norm.weight",), "copy"),
-    (r"layers/layer_normalization(?:_\d+)?/vars/1", ("model.norm.bias",), "copy"),
+
+# The sizes the weights determine: (config field, dataset of the first block or a top-level group, its rank, axis).
+SIZES_FROM_SHAPES: list[tuple[str, str, int, int]] = [
+    ("vocab_size", "{embedding}/vars/0", 2, 0),
+    ("hidden_size", "{embedding}/vars/0", 2, 1),
+    ("num_attention_heads", "{block}/mha/query_dense/vars/0", 3, 1),
+    ("intermediate_size", "{block}/ffn/out/vars/0", 2, 0),
+    ("adapter_size", "{block}/adapter_down/vars/0", 2, 1),
 ]
-BLOCK_DATASETS = [
-    "ln1/vars/0", "ln1/vars/1",
-    "mha/query_dense/vars/0", "mha/query_dense/vars/1",
-    "mha/key_dense/vars/0", "mha/key_dense/vars/1",
-    "mha/value_dense/vars/0", "mha/value_dense/vars/1",
-    "mha/output_dense/vars/0", "mha/output_dense/vars/1",
-    "adapter_down/vars/0", "adapter_down/vars/1",
-    "adapter_up/vars/0", "adapter_up/vars/1",
-    "ln2/vars/0", "ln2/vars/1",
-    "ffn/proj/vars/0", "ffn/proj/vars/1",
-    "ffn/out/vars/0", "ffn/out/vars/1",
-]  # fmt: skip
 
 # Largest max-abs difference allowed between the converted model and the NumPy forward pass, relative to the
 # largest logit. Float32 rounding stays near 1e-6; the smallest architectural slip (tanh GELU) is about 3e-4.
@@ -90,13 +171,25 @@ class KerasSmolite:
     block_groups: list[str]  # `blocks/<name>` in block order
     embedding_path: str
     final_norm_group: str
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    head_dim: int
-    intermediate_size: int
-    adapter_size: int
+    config: SmoliteConfig  # the sizes only (window and special ids are not in the weights)
+
+    @property
+    def groups(self) -> dict[str, str]:
+        return {"embedding": self.embedding_path.rpartition("/vars/")[0], "final_norm": self.final_norm_group}
+
+    def datasets(self, rule: KeyRule) -> list[tuple[int | None, str]]:
+        """`(block index, HDF5 path)` of each dataset `rule` reads (index `None` for a top-level one)."""
+        if rule.per_block:
+            return [(index, rule.keras.format(block=group)) for index, group in enumerate(self.block_groups)]
+        return [(None, rule.keras.format(**self.groups))]
+
+    vocab_size = property(lambda self: self.config.vocab_size)
+    hidden_size = property(lambda self: self.config.hidden_size)
+    num_hidden_layers = property(lambda self: self.config.num_hidden_layers)
+    num_attention_heads = property(lambda self: self.config.num_attention_heads)
+    head_dim = property(lambda self: self.config.head_dim)
+    intermediate_size = property(lambda self: self.config.intermediate_size)
+    adapter_size = property(lambda self: self.config.adapter_size)
 
 
 def _block_order(name: str) -> int:
@@ -121,13 +214,65 @@ def _find_one(h5file, parent: str, pattern: str, file: Path) -> str:
     return f"{parent}/{names[0]}"
 
 
+def _read_dataset(h5file, name: str, file: Path) -> np.ndarray:
+    if name not in h5file or not hasattr(h5file[name], "shape"):
+        raise SmoliteConversionError(f"{file}: not a Smolite Keras weights file: the HDF5 dataset '{name}' is missing.")
+    try:
+        return np.asarray(h5file[name][()], dtype=np.float32)
+    except (OSError, TypeError, ValueError) as err:
+        raise SmoliteConversionError(
+            f"{file}: the HDF5 dataset '{name}' cannot be read (truncated or corrupt file?): {err}"
+        ) from err
+
+
+def _shape(array: np.ndarray, name: str, ndim: int, path: Path) -> tuple[int, ...]:
+    if array.ndim != ndim or 0 in array.shape:
+        raise SmoliteConversionError(
+            f"{path}: the HDF5 dataset '{name}' has shape {list(array.shape)}, expected {ndim} non-empty axes."
+        )
+    return array.shape
+
+
+def _sizes_config(h5file, groups: dict[str, str], first_block: str, num_blocks: int, path: Path) -> SmoliteConfig:
+    """The config whose sizes the weight shapes give (`SIZES_FROM_SHAPES`); special ids are left unset."""
+    sizes = {}
+    for field, template, ndim, axis in SIZES_FROM_SHAPES:
+        name = template.format(block=first_block, **groups)
+        sizes[field] = _shape(_read_dataset(h5file, name, path), name, ndim, path)[axis]
+    query = f"{first_block}/mha/query_dense/vars/0"
+    head_dim = h5file[query].shape[2]
+    if sizes["num_attention_heads"] * head_dim != sizes["hidden_size"]:
+        raise SmoliteConversionError(
+            f"{path}: heads x head size = {sizes['num_attention_heads']} x {head_dim} does not equal the hidden size "
+            f"{sizes['hidden_size']} (from '{query}')."
+        )
+    no_ids = dict.fromkeys(("pad_token_id", "unk_token_id", "bos_token_id", "sep_token_id", "eos_token_id"))
+    try:
+        return SmoliteConfig(**sizes, num_hidden_layers=num_blocks, **no_ids)
+    except ValueError as err:
+        raise SmoliteConversionError(f"{path}: the sizes read from the weight shapes make no Smolite model: {err}") from err
+
+
+def _expected_keras_shape(rule: KeyRule, index: int | None, model_shapes: dict, config: SmoliteConfig) -> tuple:
+    shapes = [model_shapes[key.format(i=index)] for key in rule.hf]
+    for operation in reversed(rule.operations):
+        shapes = operation.keras_shapes(shapes, config)
+    (shape,) = shapes
+    return tuple(shape)
+
+
 def read_keras_weights(path: str | os.PathLike) -> KerasSmolite:
     """Read and validate a Keras 3 Smolite weights file, deriving every size from the weight shapes.
 
-    Raises `SmoliteConversionError` naming the file and the missing or mis-shaped HDF5 path. A top-level `optimizer`
-    group (present when the model was compiled and trained) is ignored.
+    Reads exactly the datasets of `KEY_TABLE`, each checked against the shape that `SmoliteForCausalLM` (built on
+    the meta device from the sizes) implies for it. Raises `SmoliteConversionError` naming the file and the missing
+    or mis-shaped HDF5 path. A top-level `optimizer` group (present when the model was compiled and trained) is
+    ignored.
     """
     import h5py
+    import torch
+
+    from .modeling_smolite import SmoliteForCausalLM
 
     path = Path(path)
     if not path.is_file():
@@ -138,129 +283,46 @@ def read_keras_weights(path: str | os.PathLike) -> KerasSmolite:
         raise SmoliteConversionError(f"{path}: not a readable HDF5 file ({err}).") from err
 
     with h5file:
-        embedding_group = _find_one(h5file, "layers", r"embedding(_\d+)?", path)
-        final_norm_group = _find_one(h5file, "layers", r"layer_normalization(_\d+)?", path)
+        groups = {
+            "embedding": _find_one(h5file, "layers", EMBEDDING_GROUP, path),
+            "final_norm": _find_one(h5file, "layers", FINAL_NORM_GROUP, path),
+        }
         if "blocks" not in h5file or not hasattr(h5file["blocks"], "keys") or not len(h5file["blocks"]):
             raise SmoliteConversionError(
                 f"{path}: not a Smolite Keras weights file: the HDF5 group 'blocks' is missing or empty."
             )
         block_groups = [f"blocks/{name}" for name in sorted(h5file["blocks"].keys(), key=_block_order)]
-        wanted = [f"{embedding_group}/vars/0", f"{final_norm_group}/vars/0", f"{final_norm_group}/vars/1"]
-        wanted += [f"{group}/{dataset}" for group in block_groups for dataset in BLOCK_DATASETS]
-
-        arrays = {}
-        for name in wanted:
-            if name not in h5file or not hasattr(h5file[name], "shape"):
-                raise SmoliteConversionError(
-                    f"{path}: not a Smolite Keras weights file: the HDF5 dataset '{name}' is missing."
-                )
-            try:
-                arrays[name] = np.asarray(h5file[name][()], dtype=np.float32)
-            except (OSError, TypeError, ValueError) as err:
-                raise SmoliteConversionError(
-                    f"{path}: the HDF5 dataset '{name}' cannot be read (truncated or corrupt file?): {err}"
-                ) from err
-
-    vocab_size, hidden_size = _shape(arrays, f"{embedding_group}/vars/0", 2, path)
-    first = block_groups[0]
-    _, num_heads, head_dim = _shape(arrays, f"{first}/mha/query_dense/vars/0", 3, path)
-    intermediate_size = _shape(arrays, f"{first}/ffn/out/vars/0", 2, path)[0]
-    adapter_size = _shape(arrays, f"{first}/adapter_down/vars/0", 2, path)[1]
-    weights = KerasSmolite(
-        path=path,
-        arrays=arrays,
-        block_groups=block_groups,
-        embedding_path=f"{embedding_group}/vars/0",
-        final_norm_group=final_norm_group,
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        num_hidden_layers=len(block_groups),
-        num_attention_heads=num_heads,
-        head_dim=head_dim,
-        intermediate_size=intermediate_size,
-        adapter_size=adapter_size,
-    )
-    _check_shapes(weights)
+        config = _sizes_config(h5file, groups, block_groups[0], len(block_groups), path)
+        weights = KerasSmolite(path=path, arrays={}, block_groups=block_groups,
+                               embedding_path=f"{groups['embedding']}/vars/0", final_norm_group=groups["final_norm"],
+                               config=config)
+        with torch.device("meta"):
+            model_shapes = {name: tuple(t.shape) for name, t in SmoliteForCausalLM(config).state_dict().items()}
+        sizes = (f"vocab {config.vocab_size}, hidden {config.hidden_size}, heads {config.num_attention_heads}, head "
+                 f"size {config.head_dim}, feed-forward {config.intermediate_size}, adapter {config.adapter_size}")
+        for rule in KEY_TABLE:
+            for index, name in weights.datasets(rule):
+                array = _read_dataset(h5file, name, path)
+                expected = _expected_keras_shape(rule, index, model_shapes, config)
+                if array.shape != expected:
+                    raise SmoliteConversionError(
+                        f"{path}: the HDF5 dataset '{name}' has shape {list(array.shape)}, expected {list(expected)} "
+                        f"(sizes read from the embedding and the first block: {sizes})."
+                    )
+                weights.arrays[name] = array
     return weights
 
 
-def _shape(arrays: dict[str, np.ndarray], name: str, ndim: int, path: Path) -> tuple[int, ...]:
-    shape = arrays[name].shape
-    if len(shape) != ndim or 0 in shape:
-        raise SmoliteConversionError(f"{path}: the HDF5 dataset '{name}' has shape {list(shape)}, expected {ndim} non-empty axes.")
-    return shape
-
-
-def _check_shapes(w: KerasSmolite) -> None:
-    d, heads, dh, f, a = w.hidden_size, w.num_attention_heads, w.head_dim, w.intermediate_size, w.adapter_size
-    expected = {w.embedding_path: (w.vocab_size, d), f"{w.final_norm_group}/vars/0": (d,), f"{w.final_norm_group}/vars/1": (d,)}
-    for group in w.block_groups:
-        shapes = {
-            "ln1/vars/0": (d,), "ln1/vars/1": (d,), "ln2/vars/0": (d,), "ln2/vars/1": (d,),
-            "mha/query_dense/vars/0": (d, heads, dh), "mha/query_dense/vars/1": (heads, dh),
-            "mha/key_dense/vars/0": (d, heads, dh), "mha/key_dense/vars/1": (heads, dh),
-            "mha/value_dense/vars/0": (d, heads, dh), "mha/value_dense/vars/1": (heads, dh),
-            "mha/output_dense/vars/0": (heads, dh, d), "mha/output_dense/vars/1": (d,),
-            "adapter_down/vars/0": (d, a), "adapter_down/vars/1": (a,),
-            "adapter_up/vars/0": (a, d), "adapter_up/vars/1": (d,),
-            "ffn/proj/vars/0": (d, 2 * f), "ffn/proj/vars/1": (2 * f,),
-            "ffn/out/vars/0": (f, d), "ffn/out/vars/1": (d,),
-        }  # fmt: skip
-        expected.update({f"{group}/{name}": shape for name, shape in shapes.items()})
-    for name, shape in expected.items():
-        if w.arrays[name].shape != shape:
-            raise SmoliteConversionError(
-                f"{w.path}: the HDF5 dataset '{name}' has shape {list(w.arrays[name].shape)}, expected {list(shape)} "
-                f"(sizes read from the embedding and the first block: vocab {w.vocab_size}, hidden {d}, heads {heads}, "
-                f"head size {dh}, feed-forward {f}, adapter {a})."
-            )
-    if heads * dh != d:
-        raise SmoliteConversionError(
-            f"{w.path}: heads x head size = {heads} x {dh} does not equal the hidden size {d} "
-            f"(from '{w.block_groups[0]}/mha/query_dense/vars/0')."
-        )
-
-
-def _convert_array(kind: str, array: np.ndarray) -> list[np.ndarray]:
-    if kind == "copy":
-        return [array]
-    if kind == "flatten":
-        return [array.reshape(-1)]
-    if kind == "kernel":
-        return [array.T]
-    if kind == "heads_in_kernel":  # [d, H, dh] -> [d, H*dh] -> [H*dh, d]
-        return [array.reshape(array.shape[0], -1).T]
-    if kind == "heads_out_kernel":  # [H, dh, d] -> [H*dh, d] -> [d, H*dh]
-        return [array.reshape(-1, array.shape[-1]).T]
-    if kind == "split_kernel":  # [d, 2f] -> value [f, d], gate [f, d]
-        value, gate = np.split(array, 2, axis=1)
-        return [value.T, gate.T]
-    if kind == "split":
-        return list(np.split(array, 2))
-    raise AssertionError(kind)
-
-
 def keras_to_state_dict(weights: KerasSmolite) -> dict[str, np.ndarray]:
-    """Map the Keras arrays to `SmoliteForCausalLM` parameter names using the pattern tables above."""
+    """Map the Keras arrays to `SmoliteForCausalLM` parameter names by applying `KEY_TABLE`'s operations."""
     state_dict: dict[str, np.ndarray] = {}
-
-    def apply(patterns, relative: str, array: np.ndarray, prefix: str) -> None:
-        for pattern, targets, kind in patterns:
-            match = re.fullmatch(pattern, relative)
-            if match:
-                fields = {key: SHORT_NAMES.get(value, value) for key, value in match.groupdict().items()}
-                for target, value in zip(targets, _convert_array(kind, array)):
-                    state_dict[prefix + target.format(**fields)] = np.ascontiguousarray(value, dtype=np.float32)
-                return
-        raise AssertionError(f"no conversion pattern for {relative}")
-
-    for name, array in weights.arrays.items():
-        if name.startswith("blocks/"):
-            group, relative = name[len("blocks/") :].split("/", 1)
-            index = weights.block_groups.index(f"blocks/{group}")
-            apply(BLOCK_PATTERNS, relative, array, f"model.layers.{index}.")
-        else:
-            apply(TOP_LEVEL_PATTERNS, name, array, "")
+    for rule in KEY_TABLE:
+        for index, name in weights.datasets(rule):
+            arrays = [weights.arrays[name]]
+            for operation in rule.operations:
+                arrays = operation.convert(arrays)
+            for key, array in zip(rule.hf, arrays, strict=True):
+                state_dict[key.format(i=index)] = np.ascontiguousarray(array, dtype=np.float32)
     return state_dict
 
 
@@ -360,7 +422,7 @@ def convert_keras_to_hf(
     *,
     tokenizer: str | os.PathLike | None = None,
     overwrite: bool = False,
-    max_position_embeddings: int = 100,
+    max_position_embeddings: int = SmoliteConfig.max_position_embeddings,
     **config_kwargs,
 ) -> Path:
     """Convert a Keras `*.weights.h5` file into a folder that `AutoModelForCausalLM.from_pretrained` loads.
@@ -375,6 +437,7 @@ def convert_keras_to_hf(
     """
     import torch
 
+    from .folders import sha256_of, write_weight_checksums
     from .generation import smolite_generation_config
     from .modeling_smolite import SmoliteForCausalLM
 
@@ -418,6 +481,7 @@ def convert_keras_to_hf(
         model.save_pretrained(tmp_dir)
         if smolite_tokenizer is not None:
             smolite_tokenizer.save_pretrained(tmp_dir)
+        write_weight_checksums(tmp_dir)
         reloaded = SmoliteForCausalLM.from_pretrained(tmp_dir).eval()
         difference = verify_conversion(
             weights,
@@ -428,7 +492,7 @@ def convert_keras_to_hf(
         )
         report = {
             "keras_weights": Path(keras_weights).name,
-            "keras_weights_sha256": hashlib.sha256(Path(keras_weights).read_bytes()).hexdigest(),
+            "keras_weights_sha256": sha256_of(keras_weights),
             "tokenizer": Path(tokenizer).name if tokenizer is not None else None,
             "max_abs_logit_difference": difference,
         }
@@ -441,6 +505,7 @@ def convert_keras_to_hf(
 
 
 __all__ = [
+    "KEY_TABLE",
     "SmoliteConversionError",
     "convert_keras_to_hf",
     "keras_reference_logits",

@@ -1,16 +1,23 @@
-"""Checking model folders before anything is loaded from them, and writing them so that a kill never leaves garbage.
+"""Model folders: their weight checksums, the checks before anything is loaded, and writes that a kill never spoils.
 
 Every command that reads a model folder (`chat`, `serve`, `evaluate`, `train --from-pretrained`) goes through
 `load_model` / `load_tokenizer`, which refuse with a `ModelFolderError` naming the file and the problem:
 
 - a missing folder, `config.json`, weight file or tokenizer file;
 - a `config.json` that is not JSON, is not a Smolite config, or has a field of the wrong type or value;
-- a weight file that is truncated or not safetensors, or whose SHA-256 differs from `checksums.json` (written by
-  `save_pretrained`; safetensors itself checks only the header, so a flipped bit in the data would load silently);
+- a weight file that is truncated or not safetensors, or whose SHA-256 differs from `checksums.json`
+  (safetensors itself checks only the header, so a flipped bit in the data would load silently);
 - weights whose names or shapes do not match what `config.json` describes (transformers would otherwise initialise
   the missing ones at random and only warn);
 - a pickle weight file (`pytorch_model.bin`) unless `allow_pickle=True` (`--allow-pickle`): unpickling can run code;
 - a folder whose last save was interrupted (`.smolite-saving` is present).
+
+Checksums live here and nowhere else: `write_weight_checksums` writes `checksums.json` (the SHA-256 and size of each
+`*.safetensors` file, hashed by streaming), `verify_weight_checksums` compares a folder with it. The folders that
+`smolite` writes carry it: `smolite convert`, `smolite push`, the final folder of `smolite train`
+(`replace_folder_contents` records it) and its checkpoints (`WeightChecksumCallback`). A folder without
+`checksums.json` (from `model.save_pretrained`, or the Hub) is checked for everything else. A folder is hashed once
+per load: `check_model_folder` followed by `load_model` does not hash the same unchanged files again.
 
 `replace_folder_contents` is how `smolite train` writes its final model beside the checkpoints: `config.json`, the
 file every loader reads first, is removed before the other files are replaced and written back last, so a process
@@ -28,9 +35,13 @@ import shutil
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .configuration_smolite import SmoliteConfig
-from .modeling_smolite import WEIGHT_CHECKSUMS, SmoliteForCausalLM
+from .modeling_smolite import SmoliteForCausalLM
+
+WEIGHT_CHECKSUMS = "checksums.json"
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +54,82 @@ class ModelFolderError(ValueError):
     """A model folder that is missing, incomplete or corrupted; the message names the file and the problem."""
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in 4 MiB blocks (never the whole file in memory)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_weight_checksums(folder: str | os.PathLike) -> dict:
+    """Write `folder/checksums.json` for its `*.safetensors` files (atomically: a temporary file, then a rename)."""
+    folder = Path(folder)
+    files = {
+        path.name: {"sha256": sha256_of(path), "size": path.stat().st_size}
+        for path in sorted(folder.glob("*.safetensors"))
+    }
+    record = {"algorithm": "sha256", "files": files}
+    temporary = folder / f".{WEIGHT_CHECKSUMS}.tmp"
+    temporary.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    os.replace(temporary, folder / WEIGHT_CHECKSUMS)
+    return record
+
+
+# resolved folder -> (name, size, mtime, inode) of the files it was verified with, so that an unchanged folder is
+# hashed once per process (check_model_folder, then load_model)
+_VERIFIED: dict[str, tuple] = {}
+
+
+def _fingerprint(paths: list[Path]) -> tuple:
+    stats = [(path.name, path.stat()) for path in paths if path.is_file()]
+    return tuple((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats)
+
+
+def verify_weight_checksums(folder: str | os.PathLike, files: list[Path] | None = None) -> None:
+    """Compare the weight `files` of `folder` (default: its `*.safetensors`) with `checksums.json`.
+
+    Raises `ModelFolderError` naming the file whose size or SHA-256 differs. Files that the record does not list, and
+    folders without `checksums.json`, pass.
+    """
+    folder = Path(folder)
+    files = sorted(folder.glob("*.safetensors")) if files is None else files
+    checksums_path = folder / WEIGHT_CHECKSUMS
+    if not checksums_path.is_file():
+        return
+    key, fingerprint = str(folder.resolve()), _fingerprint([*files, checksums_path])
+    if _VERIFIED.get(key) == fingerprint:
+        return
+    recorded = _read_json(checksums_path, "checksum record").get("files", {})
+    for path in files:
+        entry = recorded.get(path.name)
+        if entry is None or not path.is_file():
+            continue
+        size = path.stat().st_size
+        if size != entry.get("size"):
+            raise ModelFolderError(f"{path}: {size} bytes, but {checksums_path.name} records {entry.get('size')}; "
+                                   "the file is truncated or was replaced. Re-download or re-convert it.")
+        if sha256_of(path) != entry.get("sha256"):
+            raise ModelFolderError(
+                f"{path}: its SHA-256 differs from the one in {checksums_path.name} (written when the folder was "
+                "saved); the file is corrupted. Re-download or re-convert it (or, if you changed it on purpose, "
+                f"delete {checksums_path.name})."
+            )
+    _VERIFIED[key] = fingerprint
+
+
+class WeightChecksumCallback(TrainerCallback):
+    """Writes `checksums.json` into each checkpoint the `Trainer` saves, so that `--resume` can verify its weights.
+
+    It runs after the checkpoint is complete (`trainer_state.json` written); a run killed in between leaves a
+    checkpoint without checksums, which is still resumed from (its other checks pass).
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            write_weight_checksums(checkpoint)
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -107,24 +188,12 @@ def check_weights(folder: Path, config: SmoliteConfig, allow_pickle: bool = Fals
     from safetensors import safe_open
 
     files = _weight_files(folder, allow_pickle)
-    checksums_path = folder / WEIGHT_CHECKSUMS
-    recorded = _read_json(checksums_path, "checksum record").get("files", {}) if checksums_path.is_file() else {}
-    found: dict[str, tuple[int, ...]] = {}
     for path in files:
         if not path.is_file():
             raise ModelFolderError(f"{path}: missing (the weight index lists it).")
-        entry = recorded.get(path.name)
-        if entry is not None:
-            size = path.stat().st_size
-            if size != entry.get("size"):
-                raise ModelFolderError(f"{path}: {size} bytes, but {checksums_path.name} records {entry.get('size')}; "
-                                       "the file is truncated or was replaced. Re-download or re-convert it.")
-            if sha256_of(path) != entry.get("sha256"):
-                raise ModelFolderError(
-                    f"{path}: its SHA-256 differs from the one in {checksums_path.name} (written when the folder was "
-                    "saved); the file is corrupted. Re-download or re-convert it (or, if you changed it on purpose, "
-                    f"delete {checksums_path.name})."
-                )
+    verify_weight_checksums(folder, files)
+    found: dict[str, tuple[int, ...]] = {}
+    for path in files:
         try:
             with safe_open(path, framework="pt") as handle:
                 for name in handle.keys():
@@ -177,7 +246,8 @@ def check_model_folder(folder, *, tokenizer: bool = True, allow_pickle: bool = F
 
 def load_model(name_or_folder, *, allow_pickle: bool = False, **kwargs):
     """`AutoModelForCausalLM.from_pretrained` after `check_model_folder` (for a local folder; a Hub id is loaded with
-    the Hub's own integrity checks). Pickle weights only with `allow_pickle`."""
+    the Hub's own integrity checks). Pickle weights only with `allow_pickle`. Weights already verified by a
+    `check_model_folder` call and unchanged since are not hashed again."""
     from transformers import AutoModelForCausalLM
 
     if Path(name_or_folder).exists():
@@ -211,8 +281,11 @@ def replace_folder_contents(staging: Path, folder: Path) -> None:
     """Move every file of `staging` into `folder`, so that a kill at any point never leaves a loadable mix.
 
     `config.json` is removed first and moved in last; `.smolite-saving` marks the folder meanwhile. Weight files of
-    an earlier save that the new one does not have (old shards) are removed.
+    an earlier save that the new one does not have (old shards) are removed. The weight checksums of `staging` are
+    recorded first (`write_weight_checksums`) unless it has them already.
     """
+    if any(staging.glob("*.safetensors")) and not (staging / WEIGHT_CHECKSUMS).exists():
+        write_weight_checksums(staging)
     marker = folder / SAVING_MARKER
     marker.write_text("a save is in progress; if no process is writing this folder, that save was interrupted\n")
     (folder / "config.json").unlink(missing_ok=True)
@@ -271,11 +344,16 @@ def last_complete_checkpoint(output_dir: Path, report=print) -> Path | None:
 
 
 __all__ = [
+    "WEIGHT_CHECKSUMS",
     "ModelFolderError",
+    "WeightChecksumCallback",
     "check_model_folder",
     "checkpoint_problem",
     "last_complete_checkpoint",
     "load_model",
     "load_tokenizer",
     "replace_folder_contents",
+    "sha256_of",
+    "verify_weight_checksums",
+    "write_weight_checksums",
 ]

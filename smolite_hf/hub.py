@@ -2,8 +2,10 @@
 
 The upload is one commit holding everything a user without this package needs to load the model with
 `trust_remote_code=True`: `config.json` (with `auto_map`), `configuration_smolite.py`, `modeling_smolite.py`,
-`model.safetensors`, `generation_config.json`, the tokenizer files with `tokenization_smolite.py` and
-`chat_template.jinja`, and a generated `README.md` model card. The local folder is only read.
+`loss_smolite.py`, `model.safetensors` with its `checksums.json`, `generation_config.json`, the tokenizer files with
+`tokenization_smolite.py` and `chat_template.jinja`, and a generated `README.md` model card. The folder is checked
+and loaded once (`smolite_hf.folders`), written out with `save_pretrained` (which copies the source files the
+model imports), and is only read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, ModelCard, ModelCardData
 from transformers.utils.hub import hf_api
 
-from .chat import load_chat_model
+from .folders import load_model, load_tokenizer, write_weight_checksums
 
 
 class SmolitePushError(OSError):
@@ -103,11 +105,12 @@ def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = Fa
                license: str = "apache-2.0", commit_message: str = "Upload Smolite model") -> str:
     """Upload `model_dir` (model, tokenizer, generated card) to `repo_id` in one commit; returns the repo id."""
     model_dir = Path(model_dir)
-    model, tokenizer = load_chat_model(model_dir, device="cpu")
+    model, tokenizer = load_model(model_dir).eval(), load_tokenizer(model_dir)  # each checks the folder first
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        write_weight_checksums(staging)
         model_card(model, tokenizer, model_dir, repo_id, license=license).save(staging / "README.md")
         operations = [CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)) for path in sorted(staging.iterdir())]
         try:

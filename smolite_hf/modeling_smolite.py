@@ -7,13 +7,13 @@ Differences from Llama, each matching the original:
 - a residual bottleneck adapter with exact (erf) GELU follows the attention output projection;
 - the SwiGLU feed-forward takes its value and gate from the halves of one projection in the original (here split into
   `up_proj` = value and `gate_proj` = gate, so the module names are Llama's);
-- the output projection is tied to the embedding, and the model's own loss is label-smoothed cross entropy.
+- the output projection is tied to the embedding, and the model's own loss is label-smoothed cross entropy
+  (`loss_smolite.py`, through `self.loss_function`; `config.fuse_linear_cross_entropy` fuses it with the head).
+
+The file holds the model only, in Llama's order: rotary embedding, adapter, MLP, attention, decoder layer, pretrained
+base, backbone, causal-LM head.
 """
 
-import hashlib
-import json
-import os
-import time
 from collections.abc import Callable
 
 import torch
@@ -33,153 +33,7 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_smolite import SmoliteConfig
-
-WEIGHT_CHECKSUMS = "checksums.json"
-
-
-def write_weight_checksums(folder) -> dict:
-    """Write `folder/checksums.json` for its `*.safetensors` files (atomically: a temporary file, then a rename)."""
-    folder = os.fspath(folder)
-    files = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".safetensors"):
-            digest = hashlib.sha256()
-            with open(os.path.join(folder, name), "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 22), b""):
-                    digest.update(block)
-            files[name] = {"sha256": digest.hexdigest(), "size": os.path.getsize(os.path.join(folder, name))}
-    record = {"algorithm": "sha256", "files": files}
-    temporary = os.path.join(folder, f".{WEIGHT_CHECKSUMS}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=2)
-    os.replace(temporary, os.path.join(folder, WEIGHT_CHECKSUMS))
-    return record
-
-
-def label_smoothed_causal_lm_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor | None,
-    vocab_size: int,
-    label_smoothing: float = 0.0,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ignore_index: int = -100,
-    shift_labels: torch.Tensor | None = None,
-    **kwargs,
-) -> torch.Tensor:
-    """Label-smoothed cross entropy of a causal LM: a token-level mean over every non-ignored target of the batch.
-
-    Logits at position `t` are scored against `labels[t + 1]` (or against `shift_labels[t]` when given). Per target
-    the loss is `(1 - eps) * NLL + eps * mean_v(-log p_v)`, the seed's smoothed loss. Only the positions that have a
-    target go through the log-softmax. With `num_items_in_batch` (passed by the Trainer, counted over all
-    gradient-accumulation micro-batches) the sum is divided by that count, so accumulation gives the same update as
-    one large batch. A batch without any target gives 0 (the original divides by `count + 1e-8`).
-    """
-    targets = _shifted_targets(labels, shift_labels, ignore_index).to(logits.device)
-    keep = targets != ignore_index
-    logits = logits.reshape(-1, vocab_size)[keep]  # (N_targets, V)
-    return _smoothed_cross_entropy(logits, targets[keep], label_smoothing, num_items_in_batch, keep)
-
-
-def _shifted_targets(labels, shift_labels, ignore_index: int = -100) -> torch.Tensor:
-    """The target of every position, flattened: `labels[t + 1]`, or `shift_labels[t]` when given."""
-    if shift_labels is None:
-        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    return shift_labels.reshape(-1)
-
-
-def _smoothed_cross_entropy(logits, targets, label_smoothing, num_items_in_batch, keep) -> torch.Tensor:
-    loss = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
-    return _smoothed_cross_entropy_mean(loss, num_items_in_batch, keep)
-
-
-def _smoothed_cross_entropy_mean(loss, num_items_in_batch, keep) -> torch.Tensor:
-    if num_items_in_batch is None:
-        num_items_in_batch = keep.sum().clamp(min=1)  # a batch without targets has loss 0, as in the original
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(loss.device)
-    return loss / num_items_in_batch
-
-
-class _LinearSmoothedCrossEntropy(torch.autograd.Function):
-    """Summed label-smoothed cross entropy of `hidden @ weight.T`, chunk by chunk, with the gradients made in forward.
-
-    For each chunk of rows the logits are computed in float32, the loss is `logsumexp(z) - (1 - eps) z_y - eps
-    mean(z)` and its gradient `softmax(z) - (1 - eps) onehot(y) - eps / V` is formed in place and multiplied back
-    into the gradients of `hidden` and `weight`; so no `(N, V)` tensor outlives its chunk and there is no separate
-    log-softmax backward. (The same idea as Liger Kernel's fused linear cross entropy, in plain PyTorch.)
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, label_smoothing: float, chunk_rows: int):
-        rows, vocab = hidden.shape[0], weight.shape[0]
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, rows, chunk_rows):
-            h, y = hidden[start : start + chunk_rows], targets[start : start + chunk_rows, None]
-            logits = torch.matmul(h, weight.t()).float()  # (c, V)
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            loss = lse - (1.0 - label_smoothing) * logits.gather(1, y) - label_smoothing * logits.mean(-1, keepdim=True)
-            total += loss.sum()
-            if need_hidden or need_weight:
-                grad = logits.sub_(lse).exp_().sub_(label_smoothing / vocab)  # softmax - eps / V, in place
-                grad.scatter_add_(1, y, torch.full_like(y, -(1.0 - label_smoothing), dtype=grad.dtype))
-                grad = grad.to(h.dtype)
-                if need_hidden:
-                    torch.matmul(grad, weight, out=grad_hidden[start : start + chunk_rows])
-                if need_weight:
-                    if h.dtype == torch.float32:
-                        grad_weight.addmm_(grad.t(), h)
-                    else:
-                        grad_weight += torch.matmul(grad.t(), h).float()
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None
-        grad_weight = grad_weight * grad_output if grad_weight is not None else None
-        return grad_hidden, grad_weight, None, None, None
-
-
-def linear_smoothed_cross_entropy(hidden, weight, targets, label_smoothing: float = 0.0,
-                                  chunk_bytes: int = 1 << 28) -> torch.Tensor:
-    """`F.cross_entropy(hidden @ weight.T, targets, label_smoothing=..., reduction="sum")` without holding the
-    `(N, V)` logits: chunks of `chunk_bytes` of float32 logits, gradients computed in the forward pass. Under
-    autocast the two matrix products run in the autocast dtype, the softmax in float32."""
-    device_type = hidden.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-    chunk_rows = max(1, chunk_bytes // (4 * weight.shape[0]))
-    with torch.autocast(device_type, enabled=False):
-        return _LinearSmoothedCrossEntropy.apply(hidden, weight, targets, label_smoothing, chunk_rows)
-
-
-# (head shape, dtype, torch threads) -> whether decoding through the transposed head copy is faster on this machine
-_TRANSPOSED_HEAD_IS_FASTER: dict[tuple, bool] = {}
-
-
-def _transposed_head_is_faster(weight: torch.Tensor, transposed: torch.Tensor, repeats: int = 5) -> bool:
-    """Time one decoding-step product `(1, 1, d) x head` against `weight` `(V, d)` and against `transposed`
-    `(d, V)`; true when the transposed copy is at least 20% faster (best of `repeats` each, a few ms in all)."""
-
-    def best_seconds(product) -> float:
-        product()  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    hidden = torch.randn(1, 1, weight.shape[1], dtype=weight.dtype)
-    with torch.no_grad():
-        plain = best_seconds(lambda: F.linear(hidden, weight))
-        copied = best_seconds(lambda: torch.matmul(hidden, transposed))
-    return copied < 0.8 * plain
+from .loss_smolite import smolite_causal_lm_loss
 
 
 class SmoliteRotaryEmbedding(nn.Module):
@@ -232,6 +86,31 @@ def apply_rotary_to_input(hidden_states: torch.Tensor, cos: torch.Tensor, signed
     swapped = pairs.flip(-1).view(batch, seq_len, -1, cos.shape[-1])  # (B, T, H, dh): (b, a) per pair
     per_head = hidden_states.view(batch, seq_len, -1, cos.shape[-1])
     return (per_head * cos + swapped * signed_sin).view(batch, seq_len, width)
+
+
+class SmoliteAdapter(nn.Module):
+    """Residual bottleneck on the attention output: `x + up(GELU(down(x)))`, exact (erf) GELU."""
+
+    def __init__(self, config: SmoliteConfig):
+        super().__init__()
+        self.down = nn.Linear(config.hidden_size, config.adapter_size, bias=True)
+        self.up = nn.Linear(config.adapter_size, config.hidden_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.up(F.gelu(self.down(x)))
+
+
+class SmoliteMLP(nn.Module):
+    """SwiGLU: `down_proj(up_proj(x) * SiLU(gate_proj(x)))`, all with biases."""
+
+    def __init__(self, config: SmoliteConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.up_proj(x) * F.silu(self.gate_proj(x)))
 
 
 def eager_attention_forward(
@@ -311,31 +190,6 @@ class SmoliteAttention(nn.Module):
         return self.o_proj(attn_output), attn_weights
 
 
-class SmoliteAdapter(nn.Module):
-    """Residual bottleneck on the attention output: `x + up(GELU(down(x)))`, exact (erf) GELU."""
-
-    def __init__(self, config: SmoliteConfig):
-        super().__init__()
-        self.down = nn.Linear(config.hidden_size, config.adapter_size, bias=True)
-        self.up = nn.Linear(config.adapter_size, config.hidden_size, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(F.gelu(self.down(x)))
-
-
-class SmoliteMLP(nn.Module):
-    """SwiGLU: `down_proj(up_proj(x) * SiLU(gate_proj(x)))`, all with biases."""
-
-    def __init__(self, config: SmoliteConfig):
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.up_proj(x) * F.silu(self.gate_proj(x)))
-
-
 class SmoliteDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: SmoliteConfig, layer_idx: int):
         super().__init__()
@@ -390,16 +244,6 @@ class SmolitePreTrainedModel(PreTrainedModel):
         "hidden_states": SmoliteDecoderLayer,
         "attentions": SmoliteAttention,
     }
-
-    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs):
-        """`PreTrainedModel.save_pretrained`, then `checksums.json`: the SHA-256 and size of every weight file.
-
-        safetensors verifies only a file's header, so a flipped bit inside the tensor data would load silently; the
-        `smolite` commands compare these checksums before loading a folder (`smolite_hf.folders`).
-        """
-        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            write_weight_checksums(save_directory)
 
 
 class SmoliteModel(SmolitePreTrainedModel):
@@ -482,43 +326,9 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
         self.model = SmoliteModel(config)
         self.vocab_size = config.vocab_size
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self._decoding_head: torch.Tensor | None = None
+        self.loss_function = smolite_causal_lm_loss  # PreTrainedModel's hook; `loss_type` stays "ForCausalLM"
         self.post_init()
 
-    def generate(self, *args, **kwargs):
-        """`GenerationMixin.generate`, on CPU with a `(d, V)` copy of the output head held for the call where that
-        is faster.
-
-        The head's matrix-vector product is the largest part of a decoding step. On some CPUs (BLAS builds and
-        cores) the product against the `(V, d)` weight runs about 3x slower than against its contiguous transpose;
-        on others the two are equal and the copy (tens of ms at the seed size) would only cost time. So the first
-        `generate` for a head shape times both once per process (`_transposed_head_is_faster`); where the copy
-        wins it is made when the call starts and dropped when it returns, so weights changed between calls are
-        always seen.
-        """
-        weight = self.lm_head.weight
-        if self._decoding_head is not None or weight.device.type != "cpu" or type(self.lm_head) is not nn.Linear:
-            return super().generate(*args, **kwargs)  # nested call, accelerator, or a wrapped/quantised head
-        key = (tuple(weight.shape), weight.dtype, torch.get_num_threads())
-        if _TRANSPOSED_HEAD_IS_FASTER.get(key) is False:
-            return super().generate(*args, **kwargs)
-        decoding_head = weight.detach().t().contiguous()
-        if key not in _TRANSPOSED_HEAD_IS_FASTER:
-            _TRANSPOSED_HEAD_IS_FASTER[key] = _transposed_head_is_faster(weight.detach(), decoding_head)
-            if not _TRANSPOSED_HEAD_IS_FASTER[key]:
-                return super().generate(*args, **kwargs)
-        self._decoding_head = decoding_head
-        try:
-            return super().generate(*args, **kwargs)
-        finally:
-            self._decoding_head = None
-
-    def _output_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        decoding_head = self._decoding_head
-        rows = hidden_states.shape[0] * hidden_states.shape[1]
-        if decoding_head is None or rows > 64 or torch.is_grad_enabled():
-            return self.lm_head(hidden_states)
-        return torch.matmul(hidden_states, decoding_head)  # (B, T, d) @ (d, V)
 
     @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")
     @can_return_tuple
@@ -542,11 +352,10 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
             label-smoothed cross entropy with `config.label_smoothing`, a token-level mean over the batch (over all
             gradient-accumulation micro-batches when the Trainer passes `num_items_in_batch`).
         skip_logits (`bool`, *optional*):
-            Compute the output projection only at the positions that have a target, return the loss and no
-            `logits` (`None`). The 72000-way projection is most of a training step and prompt and padding
-            positions carry no target, so this is much faster and never holds `(batch, length, vocab)` logits. The
-            loss is the same. Defaults to `True` in training mode when labels are given (as Liger Kernel's fused
-            loss does), `False` otherwise; pass `skip_logits=False` to get training-mode logits.
+            Compute the output projection only at the positions that have a target, together with the loss, and
+            return no `logits` (`None`): the fused head-plus-loss of `loss_smolite.py`. The default is
+            `config.fuse_linear_cross_entropy` in training mode with labels (on unless the config turns it off),
+            and `False` otherwise; pass it to override that choice for one call (`False` gives training-mode logits).
 
         Example:
 
@@ -572,35 +381,21 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)  # (B, T_kept, d)
         has_targets = labels is not None or kwargs.get("shift_labels") is not None
         if skip_logits is None:
-            skip_logits = self.training and has_targets
-        if skip_logits:
-            if not has_targets:
-                raise ValueError("skip_logits=True computes only the loss; pass labels (or shift_labels).")
-            targets = _shifted_targets(labels, kwargs.get("shift_labels")).to(hidden_states.device)
-            keep = targets != -100
-            selected = hidden_states.reshape(-1, hidden_states.shape[-1])[keep]  # (N_targets, d)
-            if type(self.lm_head) is nn.Linear and self.lm_head.bias is None:
-                loss = linear_smoothed_cross_entropy(selected, self.lm_head.weight, targets[keep], self.config.label_smoothing)
-                loss = _smoothed_cross_entropy_mean(loss, kwargs.get("num_items_in_batch"), keep)
-            else:  # a wrapped or quantised head (e.g. PEFT on lm_head): its own forward, then the loss
-                loss = _smoothed_cross_entropy(self.lm_head(selected), targets[keep], self.config.label_smoothing,
-                                               kwargs.get("num_items_in_batch"), keep)
-            return CausalLMOutputWithPast(loss=loss, logits=None, cache=outputs.cache,
-                                          hidden_states=outputs.hidden_states, attentions=outputs.attentions)
+            skip_logits = self.config.fuse_linear_cross_entropy and self.training and has_targets
+        elif skip_logits and not has_targets:
+            raise ValueError("skip_logits=True computes only the loss; pass labels (or shift_labels).")
 
-        logits = self._output_logits(hidden_states)  # (B, T_kept, V)
-        loss = None
-        if has_targets:
-            loss = label_smoothed_causal_lm_loss(
-                logits,
-                labels,
-                vocab_size=self.config.vocab_size,
-                label_smoothing=self.config.label_smoothing,
-                **kwargs,
-            )
+        logits = loss = None
+        loss_kwargs = dict(vocab_size=self.config.vocab_size, label_smoothing=self.config.label_smoothing, **kwargs)
+        if skip_logits:
+            loss = self.loss_function(labels=labels, hidden_states=hidden_states, lm_head=self.lm_head, **loss_kwargs)
+        else:
+            logits = self.lm_head(hidden_states)  # (B, T_kept, V)
+            if has_targets:
+                loss = self.loss_function(logits=logits, labels=labels, **loss_kwargs)
 
         return CausalLMOutputWithPast(
             loss=loss,
@@ -611,10 +406,4 @@ class SmoliteForCausalLM(SmolitePreTrainedModel, GenerationMixin):
         )
 
 
-__all__ = [
-    "SmoliteForCausalLM",
-    "SmoliteModel",
-    "SmolitePreTrainedModel",
-    "label_smoothed_causal_lm_loss",
-    "write_weight_checksums",
-]
+__all__ = ["SmoliteForCausalLM", "SmoliteModel", "SmolitePreTrainedModel"]

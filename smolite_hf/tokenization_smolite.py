@@ -18,6 +18,11 @@ that a default conversion misses, and the pipeline here reproduces each:
    order (long runs of one character); `tokenizers` sums in float64. Encoding therefore runs
    `SentencePieceSegmenter`, a float32 port of SentencePiece's Viterbi, as the pre-tokenizer; `tokenizer.json` keeps
    the portable Rust pipeline (items 1-4), which other runtimes can load and which differs only in that tie order.
+   Every constructor (`from_pretrained`, `from_sentencepiece`, `train`, unpickling) installs the segmenter;
+   `save_pretrained` and pickling write the portable pipeline.
+
+The original `.model` is read here too (`sentencepiece_pieces`, with transformers' protobuf schema), so that
+`SmoliteTokenizer.from_sentencepiece` needs no other module; `convert_sentencepiece_to_hf` is the script around it.
 
 Known differences from SentencePiece, on text that chat data does not contain: sequences of several combining marks
 (NFKC reorders them canonically, SentencePiece's map does not) and code points added to Unicode after the version
@@ -27,12 +32,19 @@ built into `tokenizers`' NFKC.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
 from tokenizers.models import Unigram
 from transformers import TokenizersBackend
+from transformers.utils import logging
+
+from .configuration_smolite import SmoliteConfig
+
+logger = logging.get_logger(__name__)
 
 PAD, UNK, START, SEP, END = "<pad>", "<unk>", "<start>", "<sep>", "<end>"
 # A freshly trained tokenizer puts the five special pieces first, at these ids (those of the released models).
@@ -216,6 +228,93 @@ class SentencePieceSegmenter:
         pretokenized.split(lambda _, normalized: [normalized[a:b] for a, b in self.spans(str(normalized))])
 
 
+# SentencePiece piece types (sentencepiece_model.proto)
+PIECE_KINDS = {1: "normal", 2: "unknown", 3: "control", 4: "user_defined", 5: "unused", 6: "byte"}
+UNIGRAM = 1
+
+
+class SentencePieceConversionError(ValueError):
+    """The file is not a SentencePiece model that a `SmoliteTokenizer` reproduces exactly."""
+
+
+def read_sentencepiece_model(model_file: str | os.PathLike):
+    """Parse a SentencePiece `ModelProto` (with transformers' bundled protobuf schema), with errors naming the file."""
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    path = Path(model_file)
+    if not path.is_file():
+        raise SentencePieceConversionError(f"{path}: no such file (expected a SentencePiece '*.model' file).")
+    model_pb2 = import_protobuf()
+    proto = model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as err:  # protobuf raises DecodeError and friends
+        raise SentencePieceConversionError(f"{path}: not a SentencePiece model (cannot be parsed: {err}).") from err
+    if not proto.pieces:
+        raise SentencePieceConversionError(f"{path}: not a SentencePiece model (it has no pieces; truncated or empty file?).")
+    return proto
+
+
+def sentencepiece_pieces(model_file: str | os.PathLike) -> tuple[list[tuple[str, float, str]], int, dict[str, str]]:
+    """`(pieces, unk_id, special_tokens)` of an original Smolite SentencePiece `.model`, for `build_backend`.
+
+    Special tokens are found by piece name, never assumed; a model without `<pad>` pads with `<unk>` (what the
+    original did: SentencePiece answers the unk id for a missing piece). Raises `SentencePieceConversionError` for a
+    model this pipeline does not reproduce exactly (not Unigram, byte fallback, another normaliser, missing pieces).
+    """
+    path = Path(model_file)
+    proto = read_sentencepiece_model(path)
+    if proto.trainer_spec.model_type != UNIGRAM:
+        raise SentencePieceConversionError(
+            f"{path}: model_type {proto.trainer_spec.model_type} is not Unigram (1); Smolite tokenizers are Unigram."
+        )
+    if proto.trainer_spec.byte_fallback:
+        raise SentencePieceConversionError(f"{path}: byte_fallback models are not supported (Smolite's are not).")
+    spec = proto.normalizer_spec
+    if spec.name != "nmt_nfkc" or not spec.add_dummy_prefix or not spec.remove_extra_whitespaces or not spec.escape_whitespaces:
+        raise SentencePieceConversionError(
+            f"{path}: normalizer '{spec.name}' (add_dummy_prefix={spec.add_dummy_prefix}, remove_extra_whitespaces="
+            f"{spec.remove_extra_whitespaces}) is not supported; only SentencePiece's default nmt_nfkc with dummy "
+            "prefix and whitespace cleaning reproduces exactly."
+        )
+
+    pieces = []
+    for index, piece in enumerate(proto.pieces):
+        kind = PIECE_KINDS.get(piece.type)
+        if kind is None or kind == "byte":
+            raise SentencePieceConversionError(f"{path}: piece {index} ({piece.piece!r}) has unsupported type {piece.type}.")
+        pieces.append((piece.piece, piece.score, kind))
+    ids = {piece: index for index, (piece, _, _) in enumerate(pieces)}
+    unknown = [index for index, (_, _, kind) in enumerate(pieces) if kind == "unknown"]
+    if len(unknown) != 1:
+        raise SentencePieceConversionError(f"{path}: expected exactly one unknown piece, found {len(unknown)}.")
+    unk_id = unknown[0]
+    for name in USER_DEFINED_PIECES:
+        if name not in ids:
+            raise SentencePieceConversionError(
+                f"{path}: the piece '{name}' is missing; Smolite's chat format needs {START}, {SEP} and {END}."
+            )
+        if pieces[ids[name]][2] != "user_defined":
+            raise SentencePieceConversionError(
+                f"{path}: '{name}' is a {pieces[ids[name]][2]} piece; it must be user-defined so that text can contain it."
+            )
+    special_tokens = {
+        "pad_token": PAD if PAD in ids else pieces[unk_id][0],  # the original padded with the unk id then
+        "unk_token": pieces[unk_id][0],
+        "bos_token": START,
+        "sep_token": SEP,
+        "eos_token": END,
+    }
+    known = {c for piece, _, kind in pieces if kind == "normal" for c in piece}
+    for piece, _, kind in pieces:
+        if kind in ("control", "unknown") and not set(piece) & known:
+            logger.warning(
+                f"{path}: no character of the {kind} piece {piece!r} is in the vocabulary, so the literal text "
+                f"{piece!r} encodes as that piece instead of <unk> as in SentencePiece."
+            )
+    return pieces, unk_id, special_tokens
+
+
 class SmoliteTokenizer(TokenizersBackend):
     """Smolite's SentencePiece Unigram tokenizer on the fast (`tokenizers`) backend.
 
@@ -243,26 +342,32 @@ class SmoliteTokenizer(TokenizersBackend):
 
     @classmethod
     def from_sentencepiece(cls, model_file, **kwargs) -> "SmoliteTokenizer":
-        """Convert an original SentencePiece `.model` (id-exact); see `smolite_hf.convert_sentencepiece_to_hf`."""
-        import importlib
+        """A tokenizer whose `encode` equals `SentencePieceProcessor(model_file).encode` for every text.
 
-        try:
-            converter = importlib.import_module("smolite_hf.convert_sentencepiece_to_hf")
-        except ImportError as err:
-            raise ImportError("Converting a SentencePiece model needs the smolite_hf package (pip install smolite_hf).") from err
-        return converter.tokenizer_from_sentencepiece(model_file, tokenizer_class=cls, **kwargs)
+        Reads an original SentencePiece `.model` (needs `protobuf`); raises `SentencePieceConversionError` naming
+        the file for one it cannot reproduce exactly. Keyword arguments go to the tokenizer (`model_max_length`...).
+        """
+        pieces, unk_id, special_tokens = sentencepiece_pieces(model_file)
+        return cls.from_backend(build_backend(pieces, unk_id=unk_id), special_tokens, **kwargs)
 
     @classmethod
     def from_backend(cls, backend: Tokenizer, special_tokens: dict[str, str], **kwargs) -> "SmoliteTokenizer":
-        kwargs.setdefault("model_max_length", 100)
+        """Wrap a `build_backend` pipeline; the window defaults to the config's `max_position_embeddings`."""
+        kwargs.setdefault("model_max_length", SmoliteConfig.max_position_embeddings)
         kwargs.setdefault("chat_template", CHAT_TEMPLATE)
-        return cls(
+        tokenizer = cls(
             tokenizer_object=backend,
             split_special_tokens=True,
             clean_up_tokenization_spaces=False,
             **special_tokens,
             **kwargs,
         )
+        return tokenizer._use_exact_segmentation()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "SmoliteTokenizer":
+        """`TokenizersBackend.from_pretrained`, then encoding through `SentencePieceSegmenter` (see the class doc)."""
+        return super().from_pretrained(*args, **kwargs)._use_exact_segmentation()
 
     @classmethod
     def train(
@@ -302,20 +407,27 @@ class SmoliteTokenizer(TokenizersBackend):
             max_piece_length=max_piece_length,
             show_progress=show_progress,
         )
+        alphabet = set(trainer.initial_alphabet)  # every character of the normalised text must become a piece
+        normalizer = sentencepiece_normalizer()  # not the backend's: it is locked while it trains
+
+        def counted(texts):
+            for text in _strings(texts):
+                alphabet.update(normalizer.normalize_str(text))
+                yield text
+
         try:
-            backend.train_from_iterator(_strings(texts), trainer=trainer, length=length)
+            backend.train_from_iterator(counted(texts), trainer=trainer, length=length)
         except Exception as err:
             if "not large enough to contain all chars" not in str(err):
                 raise
-            raise ValueError(
-                f"vocab_size={vocab_size} is too small to hold every character of the training text plus the "
-                f"{len(SPECIAL_PIECES)} special pieces; ask for a larger vocabulary."
-            ) from err
+            raise ValueError(_too_small(vocab_size, alphabet)) from err
         vocab = json.loads(backend.to_str())["model"]["vocab"]
-        if len(vocab) != vocab_size:
+        if len(vocab) > vocab_size:  # the trainer keeps every character (and more) when asked for too few pieces
+            raise ValueError(_too_small(vocab_size, alphabet))
+        if len(vocab) < vocab_size:
             raise ValueError(
-                f"The training text supports only {len(vocab)} pieces, fewer than vocab_size={vocab_size}; "
-                "give more text or ask for a smaller vocabulary."
+                f"The training text supports at most {len(vocab)} pieces (all the pieces the Unigram trainer can form "
+                f"from it), fewer than vocab_size={vocab_size}; give more text or ask for at most {len(vocab)}."
             )
         kinds = {PAD: "control", UNK: "unknown", START: "user_defined", SEP: "user_defined", END: "user_defined"}
         pieces = [(piece, score, kinds.get(piece, "normal")) for piece, score in vocab]
@@ -323,14 +435,15 @@ class SmoliteTokenizer(TokenizersBackend):
             raise AssertionError(f"special pieces not at ids 0-4: {pieces[:5]}")
         return cls.from_backend(build_backend(pieces, unk_id=1), SPECIAL_TOKENS, **kwargs)
 
-    # Encoding runs SentencePieceSegmenter (Python) as the pre-tokenizer; tokenizer.json keeps the portable Rust
-    # pipeline (identical but for float32 tie order), which is what is saved and pickled.
+    # Encoding runs SentencePieceSegmenter (Python) as the pre-tokenizer, installed by every constructor above; the
+    # portable Rust pipeline (identical but for float32 tie order) is what `save_pretrained` and pickling write.
 
-    def _exact_segmentation(self) -> None:
+    def _use_exact_segmentation(self) -> "SmoliteTokenizer":
         if getattr(self, "_portable_pre_tokenizer", None) is None:
             vocab = json.loads(self._tokenizer.to_str())["model"]["vocab"]
             self._portable_pre_tokenizer = self._tokenizer.pre_tokenizer
             self._tokenizer.pre_tokenizer = pre_tokenizers.PreTokenizer.custom(SentencePieceSegmenter(vocab))
+        return self
 
     @contextmanager
     def _portable(self):
@@ -344,17 +457,10 @@ class SmoliteTokenizer(TokenizersBackend):
             if runtime is not None:
                 self._tokenizer.pre_tokenizer = runtime
 
-    def _encode_plus(self, *args, **kwargs):
-        self._exact_segmentation()
-        return super()._encode_plus(*args, **kwargs)
-
-    def _encode_without_added_tokens(self, text: str) -> list[int]:
-        self._exact_segmentation()
-        return super()._encode_without_added_tokens(text)
-
-    def _save_pretrained(self, *args, **kwargs):
+    def save_pretrained(self, *args, **kwargs):
+        """`TokenizersBackend.save_pretrained`, writing the portable pipeline to `tokenizer.json`."""
         with self._portable():
-            return super()._save_pretrained(*args, **kwargs)
+            return super().save_pretrained(*args, **kwargs)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -365,12 +471,24 @@ class SmoliteTokenizer(TokenizersBackend):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._use_exact_segmentation()
 
     def train_new_from_iterator(self, text_iterator, vocab_size, length=None, new_special_tokens=None, **kwargs):
         """Train a new Smolite tokenizer (same pipeline and special pieces) on `text_iterator`."""
         if new_special_tokens:
             raise ValueError("SmoliteTokenizer has a fixed set of special pieces; new_special_tokens is not supported.")
         return type(self).train(text_iterator, vocab_size, length=length, model_max_length=self.model_max_length, **kwargs)
+
+
+def _too_small(vocab_size: int, alphabet: set[str]) -> str:
+    """Every character of the (normalised) text must be a piece, besides the special pieces: a lower bound."""
+    minimum = len(alphabet) + len(SPECIAL_PIECES)
+    return (
+        f"vocab_size={vocab_size} is too small for the training text: each of its {len(alphabet)} distinct characters "
+        f"(after normalisation, with those of the special pieces' names) must be a piece, besides the "
+        f"{len(SPECIAL_PIECES)} special pieces, so the vocabulary needs at least {minimum} pieces (the Unigram trainer "
+        "may need slightly more); ask for a larger vocab_size."
+    )
 
 
 def _strings(texts: Iterable[str]) -> Iterator[str]:
@@ -380,4 +498,12 @@ def _strings(texts: Iterable[str]) -> Iterator[str]:
         yield text
 
 
-__all__ = ["CHAT_TEMPLATE", "SmoliteTokenizer", "build_backend", "sentencepiece_normalizer"]
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SentencePieceConversionError",
+    "SmoliteTokenizer",
+    "build_backend",
+    "read_sentencepiece_model",
+    "sentencepiece_normalizer",
+    "sentencepiece_pieces",
+]

@@ -45,7 +45,14 @@ from transformers.training_args import OptimizerNames
 
 from .configuration_smolite import SIZE_ALIASES, SIZE_PRESETS, SmoliteConfig
 from .data import builtin_data_path, load_conversation_dataset, read_conversation_data, split_conversations
-from .folders import check_model_folder, last_complete_checkpoint, load_model, load_tokenizer, replace_folder_contents
+from .folders import (
+    WeightChecksumCallback,
+    check_model_folder,
+    last_complete_checkpoint,
+    load_model,
+    load_tokenizer,
+    replace_folder_contents,
+)
 from .generation import smolite_generation_config
 from .metrics import compute_metrics, make_preprocess_logits_for_metrics
 from .modeling_smolite import SmoliteForCausalLM
@@ -260,7 +267,8 @@ def smolite_collator(tokenizer) -> DataCollatorForSeq2Seq:
 
 
 def smolite_trainer(model, args: TrainingArguments, tokenizer, train_dataset=None, eval_dataset=None, callbacks=()):
-    """A `Trainer` set up for Smolite: dynamic padding, the seed's masked metrics, and `LabelSmoothingGuard`."""
+    """A `Trainer` set up for Smolite: dynamic padding, the seed's masked metrics, `LabelSmoothingGuard`, and
+    `WeightChecksumCallback` (each checkpoint's `checksums.json`, which `--resume` verifies)."""
     return Trainer(
         model=model,
         args=args,
@@ -270,7 +278,7 @@ def smolite_trainer(model, args: TrainingArguments, tokenizer, train_dataset=Non
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=make_preprocess_logits_for_metrics(model.config.label_smoothing),
-        callbacks=[LabelSmoothingGuard(), *callbacks],
+        callbacks=[LabelSmoothingGuard(), WeightChecksumCallback(), *callbacks],
     )
 
 

@@ -1,7 +1,10 @@
+import json
+
 import pytest
 from transformers import AutoConfig
 
 from smolite_hf import SmoliteConfig
+from smolite_hf.configuration_smolite import SIZE_ALIASES, SIZE_PRESETS
 
 
 def test_defaults_are_the_released_small_size():
@@ -66,3 +69,43 @@ def test_invalid_value_set_after_construction_is_refused_on_save(tmp_path):
     with pytest.raises(Exception, match="label_smoothing must be in"):
         config.save_pretrained(tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_size_presets_have_honest_names():
+    small = SmoliteConfig.from_size("small")
+    assert (small.hidden_size, small.num_hidden_layers, small.num_attention_heads) == (256, 6, 8)
+    assert (small.intermediate_size, small.adapter_size) == (1024, 64)
+    assert small.to_diff_dict() == SmoliteConfig().to_diff_dict()  # "small" is the released Small: the defaults
+    mini, tiny = SmoliteConfig.from_size("mini"), SmoliteConfig.from_size("tiny")
+    assert (mini.hidden_size, mini.num_hidden_layers, mini.num_attention_heads, mini.intermediate_size,
+            mini.adapter_size) == (128, 4, 4, 512, 32)
+    assert (tiny.hidden_size, tiny.num_hidden_layers, tiny.num_attention_heads, tiny.intermediate_size,
+            tiny.adapter_size) == (64, 2, 4, 128, 16)
+    assert SIZE_ALIASES == {"seed": "small"}
+    assert SmoliteConfig.from_size("seed").to_diff_dict() == small.to_diff_dict()
+    assert set(SIZE_PRESETS) == {"small", "mini", "tiny"}
+
+
+def test_from_size_applies_overrides_and_validates_them():
+    config = SmoliteConfig.from_size("tiny", vocab_size=1500, max_position_embeddings=64, hidden_dropout=0.0)
+    assert (config.vocab_size, config.max_position_embeddings, config.hidden_size) == (1500, 64, 64)
+    with pytest.raises(ValueError, match=r"hidden_size \(64\) must be divisible by num_attention_heads \(5\)"):
+        SmoliteConfig.from_size("tiny", num_attention_heads=5)
+
+
+def test_an_unknown_size_names_the_sizes():
+    with pytest.raises(ValueError) as error:
+        SmoliteConfig.from_size("large")
+    message = str(error.value)
+    assert "Unknown Smolite size 'large'" in message
+    assert all(f"'{name}'" in message for name in ("small", "mini", "tiny", "seed"))
+
+
+def test_the_fused_loss_is_a_config_field_on_by_default_also_for_old_config_files(tmp_path):
+    assert SmoliteConfig().fuse_linear_cross_entropy is True
+    SmoliteConfig(fuse_linear_cross_entropy=False).save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).fuse_linear_cross_entropy is False
+    data = json.loads((tmp_path / "config.json").read_text())
+    del data["fuse_linear_cross_entropy"]  # as written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    assert AutoConfig.from_pretrained(tmp_path).fuse_linear_cross_entropy is True

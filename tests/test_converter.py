@@ -28,7 +28,8 @@ def leftovers(folder):
 def test_writes_a_folder_the_auto_classes_load(converted_dir):
     names = set(os.listdir(converted_dir))
     assert {"config.json", "model.safetensors", "generation_config.json"} <= names
-    assert {"configuration_smolite.py", "modeling_smolite.py"} <= names  # for trust_remote_code users
+    assert {"configuration_smolite.py", "modeling_smolite.py", "loss_smolite.py"} <= names  # for trust_remote_code
+    assert "checksums.json" in names
     config = json.loads((converted_dir / "config.json").read_text())
     assert config["model_type"] == "smolite" and config["architectures"] == ["SmoliteForCausalLM"]
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_smolite.SmoliteForCausalLM"
@@ -195,3 +196,30 @@ def test_refuses_a_tokenizer_of_another_vocabulary_size(tmp_path, sentencepiece_
     with pytest.raises(SmoliteConversionError, match="tokenizer has 1000 pieces but the weights .* vocabulary of 500"):
         convert_keras_to_hf(tmp_path / "w.weights.h5", tmp_path / "out", tokenizer=sentencepiece_model_path)
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_the_key_table_covers_the_model_and_its_shapes_come_from_the_meta_model(keras_weights_path):
+    weights = converter.read_keras_weights(keras_weights_path)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in SmoliteForCausalLM(weights.config).state_dict().items()}
+    state_dict = converter.keras_to_state_dict(weights)
+    assert set(state_dict) == set(expected) - {"lm_head.weight"}  # the head is tied to the embedding
+    assert {k: v.shape for k, v in state_dict.items()} == {k: expected[k] for k in state_dict}
+    read = {name for rule in converter.KEY_TABLE for _, name in weights.datasets(rule)}
+    assert read == set(weights.arrays) and len(read) == 3 + 20 * weights.num_hidden_layers
+
+
+def test_the_keras_file_is_hashed_by_streaming(tmp_path, keras_weights_path, monkeypatch):
+    import hashlib
+    from pathlib import Path
+
+    real = Path.read_bytes
+
+    def refuse_the_weights(path):
+        assert Path(path).name != keras_weights_path.name, "the Keras file was read whole into memory"
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse_the_weights)
+    out = convert_keras_to_hf(keras_weights_path, tmp_path / "out")
+    report = json.loads((out / "conversion_report.json").read_text())
+    assert report["keras_weights_sha256"] == hashlib.sha256(real(keras_weights_path)).hexdigest()

@@ -60,7 +60,8 @@ def test_push_sends_one_commit_with_everything_a_remote_code_user_needs(fake_hub
     assert push_model(converted_dir, "someone/smolite-tiny") == "someone/smolite-tiny"
     assert fake_hub.commits == 1
     assert set(fake_hub.files) == {
-        "README.md", "config.json", "configuration_smolite.py", "modeling_smolite.py", "model.safetensors",
+        "README.md", "config.json", "configuration_smolite.py", "modeling_smolite.py", "loss_smolite.py",
+        "model.safetensors",
         "generation_config.json", "tokenizer.json", "tokenizer_config.json", "tokenization_smolite.py",
         "chat_template.jinja", "checksums.json",
     }
@@ -71,7 +72,7 @@ def test_push_sends_one_commit_with_everything_a_remote_code_user_needs(fake_hub
     assert config["auto_map"] == {"AutoConfig": "configuration_smolite.SmoliteConfig",
                                   "AutoModelForCausalLM": "modeling_smolite.SmoliteForCausalLM"}
     assert json.loads(fake_hub.files["tokenizer_config.json"])["auto_map"]["AutoTokenizer"][0] == "tokenization_smolite.SmoliteTokenizer"
-    for name in ("configuration_smolite.py", "modeling_smolite.py", "tokenizer.json", "chat_template.jinja"):
+    for name in ("configuration_smolite.py", "modeling_smolite.py", "loss_smolite.py", "tokenizer.json", "chat_template.jinja"):
         assert fake_hub.files[name] == (converted_dir / name).read_bytes()
 
     card = ModelCard(fake_hub.files["README.md"].decode())
@@ -144,5 +145,6 @@ def test_model_and_tokenizer_push_to_hub_send_the_remote_code_files(fake_hub, co
     tokenizer = AutoTokenizer.from_pretrained(converted_dir)
     model.push_to_hub("someone/direct")
     tokenizer.push_to_hub("someone/direct")
-    assert {"config.json", "configuration_smolite.py", "modeling_smolite.py", "model.safetensors", "generation_config.json",
+    assert {"config.json", "configuration_smolite.py", "modeling_smolite.py", "loss_smolite.py", "model.safetensors",
+            "generation_config.json",
             "tokenizer.json", "tokenizer_config.json", "tokenization_smolite.py", "chat_template.jinja"} <= set(fake_hub.files)

@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from smolite_hf import SmoliteForCausalLM, folders
 from smolite_hf.chat import load_chat_model
 from smolite_hf.evaluation import evaluate_model
-from smolite_hf.folders import ModelFolderError, check_model_folder
+from smolite_hf.folders import ModelFolderError, check_model_folder, load_model
 from smolite_hf.serve import serve
 from smolite_hf.training import train
 
@@ -162,3 +166,58 @@ def test_the_commands_exit_2_with_the_message_and_no_traceback(converted_dir, tm
         assert done.returncode == 2, (command, done.stderr[-2000:])
         assert "Traceback" not in done.stderr
         assert f"{folder / 'model.safetensors'}: its SHA-256 differs" in done.stderr, done.stderr[-2000:]
+
+
+def test_a_folder_is_hashed_once_per_load_and_again_after_a_change(converted_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    shutil.copytree(converted_dir, folder)
+    hashed = []
+    real = folders.sha256_of
+    monkeypatch.setattr(folders, "sha256_of", lambda path: (hashed.append(Path(path).name), real(path))[1])
+    load_chat_model(folder, device="cpu")  # check_model_folder, then load_model: the weights are hashed once
+    assert hashed == ["model.safetensors"]
+    flip_a_bit(folder)
+    with pytest.raises(ModelFolderError, match="SHA-256 differs"):
+        load_model(folder)
+    assert hashed == ["model.safetensors"] * 2
+
+
+def test_checksums_have_one_writer_and_one_verifier(converted_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(converted_dir, folder)
+    (folder / "checksums.json").unlink()
+    folders.verify_weight_checksums(folder)  # nothing recorded: nothing to compare
+    record = folders.write_weight_checksums(folder)
+    assert record == json.loads((folder / "checksums.json").read_text())
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert record["files"]["model.safetensors"]["sha256"] == digest
+    assert record["files"]["model.safetensors"]["size"] == (folder / "model.safetensors").stat().st_size
+    folders.verify_weight_checksums(folder)
+    flip_a_bit(folder)
+    with pytest.raises(ModelFolderError, match=r"model\.safetensors: its SHA-256 differs"):
+        folders.verify_weight_checksums(folder)
+    truncate(folder)
+    with pytest.raises(ModelFolderError, match=r"model\.safetensors: \d+ bytes, but checksums\.json records"):
+        folders.verify_weight_checksums(folder)
+
+
+def test_the_smolite_writers_record_checksums_and_save_pretrained_alone_does_not(converted_dir, tmp_path):
+    model = SmoliteForCausalLM.from_pretrained(converted_dir)
+    model.save_pretrained(tmp_path / "plain")  # a standard transformers folder: no checksums.json, still loads
+    assert not (tmp_path / "plain" / "checksums.json").exists()
+    check_model_folder(tmp_path / "plain", tokenizer=False)
+
+    staging, final = tmp_path / "staging", tmp_path / "final"
+    model.save_pretrained(staging)
+    final.mkdir()
+    folders.replace_folder_contents(staging, final)  # how `smolite train` writes its final folder
+    folders.verify_weight_checksums(final)
+    assert set(json.loads((final / "checksums.json").read_text())["files"]) == {"model.safetensors"}
+
+    checkpoint = tmp_path / "run" / "checkpoint-7"
+    model.save_pretrained(checkpoint)  # what the Trainer does, before its on_save callbacks
+    args = SimpleNamespace(output_dir=str(tmp_path / "run"))
+    state = SimpleNamespace(global_step=7, is_world_process_zero=True)
+    folders.WeightChecksumCallback().on_save(args, state, control=None)
+    assert set(json.loads((checkpoint / "checksums.json").read_text())["files"]) == {"model.safetensors"}
+    folders.verify_weight_checksums(checkpoint)

@@ -7,8 +7,12 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from smolite_hf import SmoliteForCausalLM, SmoliteModel
-from smolite_hf import modeling_smolite
-from smolite_hf.modeling_smolite import label_smoothed_causal_lm_loss
+from smolite_hf.loss_smolite import (
+    fused_linear_causal_lm_loss,
+    label_smoothed_causal_lm_loss,
+    linear_smoothed_cross_entropy,
+    smolite_causal_lm_loss,
+)
 
 from .conftest import tiny_config
 
@@ -226,66 +230,20 @@ def test_loss_without_any_target_is_zero(tiny_model):
     assert loss.item() == 0.0
 
 
-@pytest.fixture(params=[True, False], ids=["transposed-head", "plain-head"])
-def head_layout(request, tiny_model, monkeypatch):
-    """Decide, instead of timing, whether generate() decodes through the transposed head copy."""
-    weight = tiny_model.lm_head.weight
-    key = (tuple(weight.shape), weight.dtype, torch.get_num_threads())
-    monkeypatch.setitem(modeling_smolite._TRANSPOSED_HEAD_IS_FASTER, key, request.param)
-    return request.param
-
-
-def test_generate_logits_equal_plain_forward_logits(tiny_model, head_layout):
-    """generate() may multiply by a transposed copy of the head on CPU: its logits must equal the head's own."""
+def test_generate_logits_equal_plain_forward_logits(tiny_model):
+    """The logits that chose each new token (cached decoding) equal a full forward of the whole sequence."""
     prompt = torch.tensor([PROMPTS[0]])
-    seen = []
-    original = tiny_model._output_logits
-    tiny_model._output_logits = lambda hidden: (seen.append(tiny_model._decoding_head is not None), original(hidden))[1]
     with torch.no_grad():
         out = tiny_model.generate(
             prompt, max_new_tokens=10, do_sample=False, pad_token_id=0, eos_token_id=None,
             return_dict_in_generate=True, output_logits=True,
         )
-        del tiny_model._output_logits
-        full = tiny_model(out.sequences).logits[0]  # outside generate: the plain lm_head
-    assert set(seen) == {head_layout}  # every step took the chosen layout
+        full = tiny_model(out.sequences).logits[0]
     steps = torch.stack([logits[0] for logits in out.logits])  # logits that chose new tokens 1..10
     torch.testing.assert_close(steps, full[len(PROMPTS[0]) - 1 : -1], atol=1e-5, rtol=1e-5)
-    assert tiny_model._decoding_head is None  # the copy lives only during the call
 
 
-def test_head_layout_is_measured_once_per_shape(tiny_model, monkeypatch):
-    calls = []
-
-    def measured(weight, transposed):
-        calls.append(transposed.shape)
-        torch.testing.assert_close(transposed, weight.t())
-        return False
-
-    monkeypatch.setattr(modeling_smolite, "_TRANSPOSED_HEAD_IS_FASTER", {})
-    monkeypatch.setattr(modeling_smolite, "_transposed_head_is_faster", measured)
-    for _ in range(3):
-        tiny_model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
-    vocab, hidden = tiny_model.lm_head.weight.shape
-    assert calls == [torch.Size([hidden, vocab])]
-
-
-def test_head_layout_measurement_is_recorded(tiny_model, monkeypatch):
-    monkeypatch.setattr(modeling_smolite, "_TRANSPOSED_HEAD_IS_FASTER", {})
-    tiny_model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=2, do_sample=False, pad_token_id=0)
-    weight = tiny_model.lm_head.weight
-    decisions = modeling_smolite._TRANSPOSED_HEAD_IS_FASTER
-    assert list(decisions) == [(tuple(weight.shape), weight.dtype, torch.get_num_threads())]
-    assert isinstance(decisions[(tuple(weight.shape), weight.dtype, torch.get_num_threads())], bool)
-
-
-def test_decoding_head_copy_is_released_when_generate_fails(tiny_model, head_layout):
-    with pytest.raises(Exception):
-        tiny_model.generate(torch.tensor([[2, 5]]), max_new_tokens=3, do_sample=False, bad_argument_xyz=1)
-    assert tiny_model._decoding_head is None
-
-
-def test_generate_sees_weights_changed_between_calls(tiny_model, head_layout):
+def test_generate_sees_weights_changed_between_calls(tiny_model):
     prompt = torch.tensor([PROMPTS[1]])
     kwargs = dict(max_new_tokens=1, do_sample=False, pad_token_id=0, eos_token_id=None)
     with torch.no_grad():
@@ -293,6 +251,85 @@ def test_generate_sees_weights_changed_between_calls(tiny_model, head_layout):
         last_hidden = tiny_model(prompt, output_hidden_states=True).hidden_states[-1][0, -1]
         tiny_model.lm_head.weight.data[7] = 100.0 * last_hidden  # through .data, as PEFT's merge does
         assert tiny_model.generate(prompt, **kwargs)[0, -1].item() == 7
+
+
+def test_the_modeling_and_loss_files_import_only_torch_and_transformers():
+    """Nothing in the Hub-bound model files reads files, clocks or the environment (no os, time, json, hashlib...)."""
+    import ast
+    from pathlib import Path
+
+    import smolite_hf
+
+    allowed = {"modeling_smolite.py": {"torch", "transformers", "collections"}, "loss_smolite.py": {"torch"}}
+    for name, roots in allowed.items():
+        tree = ast.parse((Path(smolite_hf.__file__).parent / name).read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert {alias.name.split(".")[0] for alias in node.names} <= roots, (name, ast.unparse(node))
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert node.module.split(".")[0] in roots, (name, ast.unparse(node))
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id not in ("open", "__import__", "exec", "eval"), (name, ast.unparse(node))
+
+
+def test_the_loss_goes_through_the_loss_function_hook(tiny_model):
+    assert tiny_model.loss_function is smolite_causal_lm_loss
+    assert tiny_model.loss_type == "ForCausalLM"  # the Trainer counts num_items_in_batch over shifted labels for it
+    seen = []
+
+    def recording(**kwargs):
+        seen.append("logits" if kwargs.get("logits") is not None else "fused")
+        return smolite_causal_lm_loss(**kwargs)
+
+    ids = torch.tensor([[2, 17, 33, 3, 40, 41, 4]])
+    labels = torch.tensor([[-100, -100, -100, -100, 40, 41, 4]])
+    tiny_model.loss_function = recording
+    try:
+        with torch.no_grad():
+            evaluated = tiny_model.eval()(ids, labels=labels).loss
+        trained = tiny_model.train()(ids, labels=labels).loss
+    finally:
+        tiny_model.loss_function = smolite_causal_lm_loss
+        tiny_model.eval()
+    assert seen == ["logits", "fused"]
+    torch.testing.assert_close(trained, evaluated, rtol=1e-6, atol=1e-6)  # dropout is 0 in the tiny model
+
+
+def test_the_config_field_chooses_the_fused_training_loss(tiny_model):
+    ids, mask = left_padded([[2, 17, 33, 8, 91, 3, 40, 41, 4], [2, 45, 3, 50, 4]])
+    labels = torch.where(mask.bool(), ids, -100)
+    tiny_model.train()
+    fused = tiny_model(ids, attention_mask=mask, labels=labels)
+    tiny_model.config.fuse_linear_cross_entropy = False
+    try:
+        plain = tiny_model(ids, attention_mask=mask, labels=labels)
+        forced = tiny_model(ids, attention_mask=mask, labels=labels, skip_logits=True)  # a per-call override
+    finally:
+        tiny_model.config.fuse_linear_cross_entropy = True
+        tiny_model.eval()
+    assert fused.logits is None and forced.logits is None and plain.logits.shape == (2, 9, 99)
+    torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(forced.loss, plain.loss, rtol=1e-6, atol=1e-6)
+
+
+def test_a_wrapped_head_gets_the_same_fused_loss_and_gradients():
+    """A head that is not a plain bias-free Linear (PEFT, quantised) runs its own forward at the target rows."""
+
+    class WrappedHead(torch.nn.Linear):
+        pass
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 6, 16, requires_grad=True)
+    labels = torch.tensor([[-100, 3, 4, -100, 9, 1], [-100, -100, 7, 8, 2, 5]])
+    plain_head = torch.nn.Linear(16, 11, bias=False)
+    wrapped = WrappedHead(16, 11, bias=False)
+    wrapped.weight.data.copy_(plain_head.weight.data)
+    want = label_smoothed_causal_lm_loss(plain_head(hidden), labels, vocab_size=11, label_smoothing=0.1)
+    want_grad = torch.autograd.grad(want, hidden)[0]
+    for head in (plain_head, wrapped):
+        got = fused_linear_causal_lm_loss(hidden, head, labels, label_smoothing=0.1)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(torch.autograd.grad(got, hidden)[0], want_grad, rtol=1e-5, atol=1e-6)
 
 
 def _loss_and_grads(model, **inputs):
@@ -336,8 +373,6 @@ def test_skip_logits_needs_targets(tiny_model):
 
 @pytest.mark.parametrize("chunk_bytes", [1 << 28, 4 * 50 * 7])  # one chunk, and chunks of 7 rows (not dividing 40)
 def test_fused_linear_cross_entropy_equals_the_plain_computation(chunk_bytes):
-    from smolite_hf.modeling_smolite import linear_smoothed_cross_entropy
-
     torch.manual_seed(0)
     hidden = torch.randn(40, 16, requires_grad=True)
     weight = torch.randn(50, 16, requires_grad=True)
@@ -352,8 +387,6 @@ def test_fused_linear_cross_entropy_equals_the_plain_computation(chunk_bytes):
 
 
 def test_fused_linear_cross_entropy_under_bf16_autocast_matches_autocast_plain():
-    from smolite_hf.modeling_smolite import linear_smoothed_cross_entropy
-
     torch.manual_seed(0)
     hidden = torch.randn(64, 32, requires_grad=True)
     weight = torch.randn(300, 32, requires_grad=True)

@@ -1,4 +1,5 @@
-"""A saved folder loads with `trust_remote_code=True` where `smolite_hf` cannot be imported (Hub users)."""
+"""A saved folder loads with `trust_remote_code=True` where `smolite_hf` cannot be imported (Hub users), and trains
+there: the loss (`loss_smolite.py`, fused in training mode) travels with the model."""
 
 import os
 import subprocess
@@ -31,7 +32,14 @@ REMOTE_LOAD = textwrap.dedent(
     with torch.no_grad():
         logits = model(ids).logits
         generated = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
-    np.savez(out, logits=logits.numpy(), generated=generated.numpy())
+    labels = torch.tensor([[-100, -100, -100, 8, 91, 3]])
+    loss = model(ids, labels=labels).loss
+    model.train()
+    trained = model(ids, labels=labels)  # the fused head-plus-loss of loss_smolite.py
+    assert trained.logits is None
+    trained.loss.backward()
+    np.savez(out, logits=logits.numpy(), generated=generated.numpy(), loss=loss.detach().numpy(),
+             train_loss=trained.loss.detach().numpy(), embed_grad=model.model.embed_tokens.weight.grad.numpy())
     """
 )
 
@@ -41,6 +49,7 @@ def test_trust_remote_code_load_without_the_package(tmp_path):
     model = SmoliteForCausalLM(tiny_config(hidden_dropout=0.0)).eval()
     folder = tmp_path / "smolite-remote"
     model.save_pretrained(folder)
+    assert {"configuration_smolite.py", "modeling_smolite.py", "loss_smolite.py"} <= {p.name for p in folder.iterdir()}
     script = tmp_path / "load.py"
     script.write_text(REMOTE_LOAD)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
@@ -55,3 +64,11 @@ def test_trust_remote_code_load_without_the_package(tmp_path):
         np.testing.assert_allclose(result["logits"], model(ids).logits.numpy(), atol=1e-6, rtol=0)
         expected = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
     assert result["generated"].tolist() == expected.tolist()
+    labels = torch.tensor([[-100, -100, -100, 8, 91, 3]])
+    with torch.no_grad():
+        np.testing.assert_allclose(result["loss"], model(ids, labels=labels).loss.numpy(), atol=1e-6, rtol=0)
+    model.train()
+    trained = model(ids, labels=labels)
+    trained.loss.backward()
+    np.testing.assert_allclose(result["train_loss"], trained.loss.detach().numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(result["embed_grad"], model.model.embed_tokens.weight.grad.numpy(), atol=1e-6, rtol=0)

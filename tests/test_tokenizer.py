@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import string
 import subprocess
 import sys
@@ -14,7 +15,12 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
 from smolite_hf import SmoliteTokenizer
-from smolite_hf.convert_sentencepiece_to_hf import SentencePieceConversionError, read_sentencepiece_model
+from smolite_hf.tokenization_smolite import (
+    SPECIAL_PIECES,
+    SentencePieceConversionError,
+    read_sentencepiece_model,
+    sentencepiece_normalizer,
+)
 
 from .conftest import keras_reference_file
 
@@ -113,6 +119,53 @@ def test_runs_of_one_character_keep_sentencepiece_float32_tie_order(tokenizer, s
         for n in range(1, 61):
             for text in (character * n, f"<start> {character * n} <sep>", f"안녕{character * n}<end>{character * n}"):
                 assert tokenizer(text)["input_ids"] == spm.encode(text), text
+
+
+def test_every_way_of_making_a_tokenizer_encodes_with_the_float32_segmenter(tokenizer, spm, tmp_path):
+    """Loading, unpickling and copying install the exact segmenter too (the portable pipeline breaks some ties
+    differently, so they would differ from SentencePiece on these runs)."""
+    import copy
+    import pickle
+
+    from tokenizers import Tokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    portable = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    runs = [character * n for character in "-014ㅋ.!" for n in range(1, 61)]
+    assert any(portable.encode(text).ids != spm.encode(text) for text in runs)  # the test can tell them apart
+    for made in (AutoTokenizer.from_pretrained(tmp_path), pickle.loads(pickle.dumps(tokenizer)), copy.deepcopy(tokenizer)):
+        assert [made(text)["input_ids"] for text in runs] == [spm.encode(text) for text in runs]
+
+
+def test_the_tokenizer_does_not_import_the_sentencepiece_converter(sentencepiece_model_path):
+    """The converter script imports the tokenizer, never the other way round (no import cycle)."""
+    code = (
+        "import sys\n"
+        "from smolite_hf.tokenization_smolite import SmoliteTokenizer\n"
+        f"SmoliteTokenizer.from_sentencepiece({str(sentencepiece_model_path)!r})\n"
+        "assert 'smolite_hf.convert_sentencepiece_to_hf' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_sentencepiece_conversion_script(sentencepiece_model_path, spm, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "smolite_hf.convert_sentencepiece_to_hf", "--model", str(sentencepiece_model_path),
+         "--output-dir", str(tmp_path / "tok")], capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(1000 pieces)" in done.stdout
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert loaded("<start> 안녕하세요 <sep>")["input_ids"] == spm.encode("<start> 안녕하세요 <sep>")
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"not a model")
+    failed = subprocess.run(
+        [sys.executable, "-m", "smolite_hf.convert_sentencepiece_to_hf", "--model", str(bad), "--output-dir",
+         str(tmp_path / "tok2")], capture_output=True, text=True,
+    )
+    assert failed.returncode == 2 and "bad.model: not a SentencePiece model" in failed.stderr
+    assert "Traceback" not in failed.stderr and not (tmp_path / "tok2").exists()
 
 
 def test_saved_tokenizer_json_is_the_portable_pipeline(tokenizer, tmp_path):
@@ -307,9 +360,32 @@ def test_training_normalises_like_the_converted_tokenizer(tokenizer):
         assert trained.backend_tokenizer.normalizer.normalize_str(text) == tokenizer.backend_tokenizer.normalizer.normalize_str(text)
 
 
-def test_training_refuses_a_vocabulary_the_corpus_cannot_support():
-    with pytest.raises(ValueError, match=r"supports only \d+ pieces, fewer than vocab_size=5000"):
-        SmoliteTokenizer.train(["안녕하세요", "반가워요"], vocab_size=5000)
+def test_training_refuses_a_vocabulary_the_corpus_cannot_support_naming_the_largest_it_can():
+    with pytest.raises(ValueError, match=r"supports at most (\d+) pieces .*fewer than vocab_size=5000") as caught:
+        SmoliteTokenizer.train(training_texts(), vocab_size=5000)
+    largest = int(re.search(r"at most (\d+) pieces", str(caught.value)).group(1))
+    assert len(SmoliteTokenizer.train(training_texts(), vocab_size=largest)) == largest  # the named size trains
+    with pytest.raises(ValueError, match=f"supports at most {largest} pieces"):
+        SmoliteTokenizer.train(training_texts(), vocab_size=largest + 1)
+
+
+def alphabet_size(texts):
+    """Distinct characters of the normalised texts and of the special pieces' names: each must become a piece."""
+    normalizer = sentencepiece_normalizer()
+    return len({c for text in texts for c in normalizer.normalize_str(text)} | {c for piece in SPECIAL_PIECES for c in piece})
+
+
+@pytest.mark.parametrize("vocab_size", [40, 100, 345])
+def test_training_refuses_a_vocabulary_too_small_for_the_characters_naming_the_bound(vocab_size):
+    """Below the alphabet tokenizers raises; just above it, it silently returns more pieces than asked (345 gives
+    464 here): both are refused with the true lower bound, not "supports only N pieces, fewer than vocab_size"."""
+    minimum = alphabet_size(training_texts()) + len(SPECIAL_PIECES)
+    assert vocab_size < minimum
+    with pytest.raises(ValueError) as caught:
+        SmoliteTokenizer.train(training_texts(), vocab_size=vocab_size)
+    message = str(caught.value)
+    assert f"vocab_size={vocab_size} is too small" in message and f"needs at least {minimum} pieces" in message
+    assert "fewer than" not in message
 
 
 def test_train_new_from_iterator_keeps_the_special_pieces(tokenizer):
@@ -350,9 +426,9 @@ def test_trust_remote_code_load_without_the_package(tokenizer, spm, tmp_path):
     assert result["chat"] == spm.encode("<start> 안녕 <sep>")
 
 
-def test_training_refuses_a_vocabulary_smaller_than_the_alphabet():
-    with pytest.raises(ValueError, match="too small to hold every character"):
-        SmoliteTokenizer.train(training_texts(), vocab_size=100)
+def test_a_vocabulary_just_above_the_bound_trains():
+    minimum = alphabet_size(training_texts()) + len(SPECIAL_PIECES)
+    assert len(SmoliteTokenizer.train(training_texts(), vocab_size=minimum + 1)) == minimum + 1
 
 
 def test_train_tokenizer_command(tmp_path):

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TrainerCallback, TrainingArguments
 
 from smolite_hf import SmoliteForCausalLM, SmoliteTokenizer
+from smolite_hf.folders import verify_weight_checksums
 from smolite_hf.training import LabelSmoothingGuard, train
 
 from .conftest import keras_reference_file
@@ -59,6 +60,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, data):
     same_tokenizer = dict(settings, tokenizer=str(uninterrupted.output_dir))
     train(tmp_path / "b", data, callbacks=[StopAt(3)], **same_tokenizer)
     assert (tmp_path / "b" / "checkpoint-3").is_dir() and not (tmp_path / "b" / "checkpoint-6").exists()
+    assert (tmp_path / "b" / "checkpoint-3" / "checksums.json").is_file()  # written by WeightChecksumCallback
+    verify_weight_checksums(tmp_path / "b" / "checkpoint-3")
     resumed = train(tmp_path / "b", data, resume=True, **settings)
     a = load_file(uninterrupted.output_dir / "model.safetensors")
     b = load_file(resumed.output_dir / "model.safetensors")
