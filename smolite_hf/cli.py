@@ -109,12 +109,9 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import ServeLimits, serve
+    from .serving import main
 
-    limits = ServeLimits(max_message_chars=args.max_message_chars, max_new_tokens=args.max_new_tokens,
-                         max_waiting=args.max_waiting)
-    return serve(args.model_dir, host=args.host, port=args.port, device=args.device, dtype=args.dtype, limits=limits,
-                 allow_pickle=args.allow_pickle)
+    return main(args)
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -242,17 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="serve a model folder: a chat page and a streaming (SSE) chat API on this machine",
-        description="Load MODEL_DIR once and serve GET / (a chat page), GET /api/chat?message=... and POST /api/chat "
-        "(Server-Sent Events: {\"char\": ...} pieces, then {\"done\": true} or {\"error\": ...}) and GET /health. "
-        "Binds to 127.0.0.1 unless --host says otherwise.",
+        help="serve a model folder: an OpenAI-compatible chat API, the original streaming API and a chat page",
+        description="Load MODEL_DIR once and serve POST /v1/chat/completions and GET /v1/models (OpenAI's API), "
+        "GET and POST /api/chat (the original Server-Sent Events protocol), GET / (a chat page), GET /health and "
+        "GET /metrics, decoding concurrent requests together. Binds to 127.0.0.1 unless --host says otherwise.",
     )
     serve.add_argument("model_dir", metavar="MODEL_DIR")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-message-chars", type=int, default=1000, help="longest accepted message (default 1000)")
-    serve.add_argument("--max-new-tokens", type=int, default=100, help="cap on a reply's new tokens (default 100)")
-    serve.add_argument("--max-waiting", type=int, default=32, help="queued requests before 503 (default 32)")
+    from .serving import add_arguments as add_serve_arguments  # the serve-only options live with the server
+
+    add_serve_arguments(serve)
     serve.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     serve.add_argument("--allow-pickle", action="store_true",

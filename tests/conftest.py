@@ -78,3 +78,7 @@ def tiny_model():
             if name.endswith("bias") or "norm" in name:
                 param.add_(torch.randn_like(param) * 0.1)
     return model.eval()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: subprocess, browser and other long-running tests (deselect with -m 'not slow')")
