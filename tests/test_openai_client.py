@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import openai
 import pytest
@@ -52,11 +53,15 @@ def test_sync_client_lists_the_model_and_completes(base_url, expected):
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
-def test_sync_client_streams_with_usage(base_url, expected):
-    with client(base_url) as sync:
-        stream = sync.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=16, temperature=0,
-                                              stream=True, stream_options={"include_usage": True})
-        chunks = list(stream)
+def test_sync_client_streams_with_usage(base_url, expected, loaded):
+    handle = loaded[0].register_forward_pre_hook(lambda module, args: time.sleep(0.02))  # one chunk per token
+    try:
+        with client(base_url) as sync:
+            stream = sync.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=16, temperature=0,
+                                                  stream=True, stream_options={"include_usage": True})
+            chunks = list(stream)
+    finally:
+        handle.remove()
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == expected and len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]

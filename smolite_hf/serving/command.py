@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--served-model-name", metavar="NAME",
                         help="the model id of /v1/models and of requests' `model` (default: the folder's name)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch intra-op threads (default: torch's, one per core); on a CPU shared with other "
+                        "work, 1 avoids threads waiting for each other at every operation")
     access = parser.add_argument_group("access")
     access.add_argument("--api-key", metavar="KEY",
                         help=f"require Authorization: Bearer KEY on every route but / and /health "
@@ -52,18 +55,24 @@ def main(args: argparse.Namespace) -> int:
                          max_body_bytes=args.max_body_bytes)
     return serve(args.model_dir, host=args.host, port=args.port, device=args.device, dtype=args.dtype, limits=limits,
                  allow_pickle=args.allow_pickle, api_key=args.api_key, cors_origins=tuple(args.cors_origin),
-                 name=args.served_model_name)
+                 name=args.served_model_name, threads=args.threads)
 
 
 def serve(model_dir, host: str = "127.0.0.1", port: int = 8000, device: str | None = None, dtype: str = "float32",
           limits: ServeLimits | None = None, log_level: str = "info", allow_pickle: bool = False,
-          api_key: str | None = None, cors_origins: tuple[str, ...] = (), name: str | None = None) -> int:
+          api_key: str | None = None, cors_origins: tuple[str, ...] = (), name: str | None = None,
+          threads: int | None = None) -> int:
     """Load the model folder once and serve it until Ctrl-C. `api_key` defaults to `$SMOLITE_API_KEY`."""
+    import torch
     import uvicorn
 
     from ..chat import load_chat_model
     from .app import create_app
 
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}.")
+        torch.set_num_threads(threads)
     model, tokenizer = load_chat_model(model_dir, device=device, dtype=dtype, allow_pickle=allow_pickle)
     api_key = api_key if api_key is not None else (os.environ.get(API_KEY_VARIABLE) or None)
     name = name or Path(model_dir).resolve().name

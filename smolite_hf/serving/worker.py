@@ -113,9 +113,17 @@ class GenerationJob:
             self._on_cancel(self)
 
     async def events(self):
-        """`Delta`s, then one `Finished` or `Failed` (needs the event loop the job was submitted from)."""
+        """`Delta`s, then one `Finished` or `Failed` (needs the event loop the job was submitted from). Deltas that
+        arrived while the reader was busy come as one."""
+        pending = None
         while True:
-            event = await self._queue.get()
+            event, pending = (pending if pending is not None else await self._queue.get()), None
+            while isinstance(event, Delta) and not self._queue.empty():
+                following = self._queue.get_nowait()
+                if not isinstance(following, Delta):
+                    pending = following
+                    break
+                event = Delta(event.text + following.text, event.token_ids + following.token_ids)
             yield event
             if isinstance(event, (Finished, Failed)):
                 return
@@ -125,17 +133,31 @@ class GenerationJob:
             raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
         return self.final
 
-    def _emit(self, event) -> None:  # called by the worker thread
+    def _record(self, event) -> None:  # called by the worker thread
         if isinstance(event, Delta) and self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if isinstance(event, (Finished, Failed)):
             self.final = event
             self._done.set()
-        if self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
-                pass
+
+
+def _deliver(events: list[tuple[GenerationJob, object]]) -> None:
+    """Record each job's event, and hand them to their event loops with one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = collections.defaultdict(list)
+    for job, event in events:
+        job._record(event)
+        if job._loop is not None:
+            by_loop[job._loop].append((job._queue, event))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
+def _put_all(items: list) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -406,19 +428,21 @@ class BatchedGenerator:
     # -- reporting ---------------------------------------------------------------------------------------------------
 
     def _publish_and_retire(self) -> None:
-        keep, done = [], []
+        keep, done, events = [], [], []
         for i, row in enumerate(self._rows):
             token = row.generated[-1]
             reason = "stop" if token in row.eos else "length" if len(row.generated) >= row.max_new_tokens else None
             text, reason = self._text(row, reason)
             delta = text[len(row.emitted):] if text.startswith(row.emitted) else ""
             row.emitted += delta
-            row.job._emit(Delta(delta, (token,)))
+            events.append((row.job, Delta(delta, (token,))))
             if reason is None:
                 keep.append(i)
             else:
                 done.append(row)
-                row.job._emit(Finished(text, reason, len(row.job.prompt_ids), len(row.generated), tuple(row.generated)))
+                events.append((row.job, Finished(text, reason, len(row.job.prompt_ids), len(row.generated),
+                                                 tuple(row.generated))))
+        _deliver(events)
         with self._lock:
             self._active.difference_update(row.job for row in done)
             self.stats["served"] += len(done)
@@ -455,9 +479,8 @@ class BatchedGenerator:
             self._active.clear()
             if waiting_too:
                 self._waiting.clear()
-            for job in jobs:
-                job._emit(Failed(message))
-                self.stats["failed"] += 1
+            _deliver([(job, Failed(message)) for job in jobs])
+            self.stats["failed"] += len(jobs)
 
 
 __all__ = ["BatchedGenerator", "Delta", "Failed", "Finished", "GenerationJob", "Overloaded"]
