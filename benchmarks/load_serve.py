@@ -1,31 +1,51 @@
-"""Load test of `smolite serve` on loopback: N concurrent clients for a fixed time, then a barrage of malformed requests.
+"""Load test of `smolite serve`: the batched server against one-at-a-time, at 1, 8 and 32 concurrent clients.
 
-    python benchmarks/load_serve.py runs/quickstart --clients 8 --seconds 60
+    python benchmarks/load_serve.py runs/quickstart --seed-size --clients 1 8 32 --seconds 15
 
-Starts `smolite serve MODEL_DIR` as its own process (so its memory is measured alone), then each client loops over
-`GET /api/chat?message=...` (the original protocol) with `max_new_tokens` replies. Reports requests/s, time to first
-piece and end-to-end latency (p50/p99), errors (a non-200 answer, an `{"error"}` event, or a stream without
-`{"done": true}`), and the server's resident memory at the start and end of the load. Then sends malformed requests
-(oversized query, invalid UTF-8, negative/huge/non-integer `max_new_tokens`, unknown fields, bad JSON bodies) and
-checks each gets a 4xx naming the field, and that the server still answers afterwards.
+For each model — the folders given, and with `--seed-size` a seed-size Smolite with random weights (vocabulary
+72000, hidden 256, 6 layers; the tokenizer of the first folder) — and for each mode — `batched` (`--max-running 16`,
+the default) and `one-at-a-time` (`--max-running 1`, the same server decoding one request at a time) — it starts
+`smolite serve` as its own process (so its memory is measured alone) and runs each client count for `--seconds`:
+every client streams `POST /v1/chat/completions` requests (the folder's sampling settings, `max_tokens`
+`--max-new-tokens`, usage included) back to back. Reported per run: aggregate generated tokens/s (the usage counts
+over the run's wall time), time to first content chunk and end-to-end latency (p50/p99), errors (a non-200 answer,
+an error chunk, or a stream without `[DONE]`), and the server's resident memory at the start and end. Then, once
+per server, malformed requests (oversized query, invalid UTF-8, bad numbers, unknown fields, bad JSON) must each
+get a 4xx naming the field, and the server must still answer afterwards.
+
+`--json` prints one JSON object as the last line (`runs`: one entry per model, mode and client count; top-level
+totals for the smoke test in `tests/test_benchmarks.py`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import platform
 import random
-import socket
-import statistics
+import shutil
 import subprocess
 import sys
-import threading
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 
 MESSAGES = ["안녕하세요", "주말에 뭐 하면 좋을까?", "오늘 날씨 어때?", "배고파", "요즘 뭐 읽어?", "잘 자!", "영화 추천해 줘", "피곤하다"]
+MODES = {"batched": 16, "one-at-a-time": 1}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def rss_mib(pid: int) -> float:
@@ -36,33 +56,142 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def one_request(client: httpx.Client, url: str, message: str, max_new_tokens: int) -> tuple[float, float, str | None]:
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(round(q * (len(values) - 1))))], 3)
+
+
+def seed_size_folder(tokenizer_dir: str, where: Path) -> Path:
+    """A seed-size Smolite with random weights and `tokenizer_dir`'s tokenizer. Its output head is its own (not tied:
+    the same work per step) with the rows of the tokenizer's ordinary pieces scaled up, so that replies decode to
+    text; the other rows of the 72000 still cost their share of every step."""
+    import torch
+
+    from smolite_hf import SmoliteConfig, SmoliteForCausalLM
+    from smolite_hf.folders import load_tokenizer
+    from smolite_hf.generation import smolite_generation_config
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
+           (("pad", "<pad>"), ("unk", "<unk>"), ("bos", "<start>"), ("sep", "<sep>"), ("eos", "<end>"))}
+    torch.manual_seed(0)
+    config = SmoliteConfig(vocab_size=72000, pad_token_id=ids["pad"], unk_token_id=ids["unk"], bos_token_id=ids["bos"],
+                           sep_token_id=ids["sep"], eos_token_id=ids["eos"], tie_word_embeddings=False)
+    model = SmoliteForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight[max(ids.values()) + 1 : len(tokenizer)] *= 20
+    model.generation_config = smolite_generation_config(config)
+    folder = where / "smolite-seed-random"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class Server:
+    """`smolite serve FOLDER` in its own process on a free loopback port."""
+
+    def __init__(self, folder: str, max_running: int, threads: int | None):
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.name = Path(folder).resolve().name
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "smolite_hf", "serve", folder, "--port", str(self.port), "--device", "cpu",
+             "--max-running", str(max_running), "--max-waiting", "64",
+             *(["--threads", str(threads)] if threads else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "SMOLITE_API_KEY"})
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise SystemExit(f"smolite serve {folder} did not start")
+            time.sleep(0.2)
+
+    def rss(self) -> float:
+        return rss_mib(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+async def one_request(client: httpx.AsyncClient, server: Server, message: str, max_tokens: int,
+                      temperature: float | None) -> dict:
     started = time.perf_counter()
     first = None
-    done = False
-    error = None
-    with client.stream("GET", f"{url}/api/chat", params={"message": message, "max_new_tokens": max_new_tokens}) as response:
-        if response.status_code != 200:
-            return 0.0, 0.0, f"HTTP {response.status_code}"
-        for line in response.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            event = json.loads(line[6:])
-            if "char" in event and first is None:
-                first = time.perf_counter() - started
-            elif event.get("done"):
-                done = True
-            elif "error" in event:
-                error = event["error"]
+    tokens, error, done = 0, None, False
+    body = {"model": server.name, "messages": [{"role": "user", "content": message}], "max_tokens": max_tokens,
+            "stream": True, "stream_options": {"include_usage": True}}
+    if temperature is not None:
+        body["temperature"] = temperature
+    try:
+        async with client.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                return {"error": f"HTTP {response.status_code}"}
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                if line == "data: [DONE]":
+                    done = True
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    error = chunk["error"]["message"]
+                elif chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+                elif first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                    first = time.perf_counter() - started
+    except httpx.HTTPError as exception:
+        return {"error": f"{type(exception).__name__}: {exception}"}
     total = time.perf_counter() - started
     if error is None and not done:
-        error = "stream ended without done"
-    return (first if first is not None else total), total, error
+        error = "stream ended without [DONE]"
+    return {"ttft": first if first is not None else total, "e2e": total, "tokens": tokens, "error": error}
 
 
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+async def load(server: Server, clients: int, seconds: float, max_tokens: int, temperature: float | None = None) -> dict:
+    records: list[dict] = []
+    stop_at = time.monotonic() + seconds
+    samples = [server.rss()]
+
+    async def client_loop(seed: int) -> None:
+        chooser = random.Random(seed)
+        async with httpx.AsyncClient(timeout=300) as client:
+            while time.monotonic() < stop_at:
+                records.append(await one_request(client, server, chooser.choice(MESSAGES), max_tokens, temperature))
+
+    async def sample_memory() -> None:
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(1.0)
+            samples.append(server.rss())
+
+    started = time.monotonic()
+    sampler = asyncio.create_task(sample_memory())
+    await asyncio.gather(*(client_loop(i) for i in range(clients)))
+    elapsed = time.monotonic() - started
+    sampler.cancel()
+    samples.append(server.rss())
+    good = [r for r in records if r["error"] is None]
+    errors = [r["error"] for r in records if r["error"] is not None]
+    return {
+        "clients": clients, "seconds": round(elapsed, 1), "requests": len(records), "errors": len(errors),
+        "error_examples": errors[:3], "tokens": sum(r["tokens"] for r in good),
+        "tokens_per_s": round(sum(r["tokens"] for r in good) / elapsed, 1),
+        "ttft_p50_s": percentile([r["ttft"] for r in good], 0.5), "ttft_p99_s": percentile([r["ttft"] for r in good], 0.99),
+        "e2e_p50_s": percentile([r["e2e"] for r in good], 0.5), "e2e_p99_s": percentile([r["e2e"] for r in good], 0.99),
+        "rss_mib_start": round(samples[0], 1), "rss_mib_end": round(samples[-1], 1), "rss_mib_max": round(max(samples), 1),
+        "_ttft": [r["ttft"] for r in good], "_e2e": [r["e2e"] for r in good],
+    }
 
 
 MALFORMED = [
@@ -81,6 +210,9 @@ MALFORMED = [
     ("POST", None, json.dumps({"messages": [{"role": "user", "content": ["x"]}]}).encode(), "messages[0].content"),
     ("POST", None, json.dumps({"messages": [{"role": "user", "content": "hi"}] * 1000}).encode(), "messages"),
     ("POST", None, json.dumps([1, 2, 3]).encode(), "body"),
+    ("V1", None, json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 2}).encode(), "n"),
+    ("V1", None, json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}).encode(), "max_tokens"),
+    ("V1", None, b'{"model": "m", "messages": [', "body"),
 ]
 
 
@@ -88,14 +220,17 @@ def malformed(url: str) -> list[dict]:
     results = []
     with httpx.Client(timeout=30) as client:
         for method, params, body, field in MALFORMED:
+            headers = {"Content-Type": "application/json"}
             if method == "GET":
                 target = f"{url}/api/chat?{params}" if isinstance(params, str) else f"{url}/api/chat"
                 response = client.get(target, params=None if isinstance(params, str) else params)
             else:
-                response = client.post(f"{url}/api/chat", content=body, headers={"Content-Type": "application/json"})
+                path = "/v1/chat/completions" if method == "V1" else "/api/chat"
+                response = client.post(url + path, content=body, headers=headers)
             try:
-                answered = response.json().get("field")
-            except ValueError:
+                error = response.json()
+                answered = error["error"]["param"] if method == "V1" else error.get("field")
+            except (ValueError, KeyError, TypeError):
                 answered = None
             results.append({"request": f"{method} {field}", "status": response.status_code, "field": answered,
                             "ok": 400 <= response.status_code < 500 and answered == field})
@@ -104,103 +239,90 @@ def malformed(url: str) -> list[dict]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir")
-    parser.add_argument("--clients", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--max-new-tokens", type=int, default=30)
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("model_dirs", nargs="*", metavar="MODEL_DIR", help="trained model folders")
+    parser.add_argument("--seed-size", action="store_true",
+                        help="also a seed-size model with random weights (the first folder's tokenizer)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--seconds", type=float, default=15.0, help="duration of each run")
+    parser.add_argument("--max-new-tokens", type=int, default=30, help="max_tokens of every request")
+    parser.add_argument("--temperature", type=float,
+                        help="every request's temperature (0: greedy; default: the folder's sampling settings)")
+    parser.add_argument("--threads", type=int, help="the servers' --threads (default: torch's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
+    if not args.model_dirs:
+        parser.error("give at least one model folder (its tokenizer is also the seed-size model's)")
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "smolite_hf", "serve", args.model_dir, "--port", str(port),
-                               "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    scratch = Path(tempfile.mkdtemp(prefix="smolite-load-"))
+    folders = [(Path(folder).name, folder) for folder in args.model_dirs]
+    if args.seed_size:
+        folders.append(("seed size, random weights", str(seed_size_folder(args.model_dirs[0], scratch))))
+    import torch
+
+    machine = {"temperature": args.temperature, "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
+               "torch": torch.__version__}
+    if not args.json:
+        print(f"CPU: {machine['cpu']} ({machine['cores']} cores; servers with {machine['torch_threads']} torch threads, "
+              f"torch {machine['torch']}); replies of up to {args.max_new_tokens} tokens, {args.seconds:g} s per run, "
+              f"temperature {'of the folder' if args.temperature is None else args.temperature}")
+    runs, bad, alive = [], [], True
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not start")
-            time.sleep(0.2)
-        with httpx.Client(timeout=120) as client:  # warm up
-            one_request(client, url, MESSAGES[0], args.max_new_tokens)
-        rss_start = rss_mib(server.pid)
-        samples = [rss_start]
-        records: list[tuple[float, float, str | None]] = []
-        lock = threading.Lock()
-        stop_at = time.monotonic() + args.seconds
-
-        def client_loop(seed: int) -> None:
-            chooser = random.Random(seed)
-            with httpx.Client(timeout=300) as client:
-                while time.monotonic() < stop_at:
-                    try:
-                        result = one_request(client, url, chooser.choice(MESSAGES), args.max_new_tokens)
-                    except httpx.HTTPError as error:
-                        result = (0.0, 0.0, f"{type(error).__name__}: {error}")
-                    with lock:
-                        records.append(result)
-
-        started = time.monotonic()
-        threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(args.clients)]
-        for thread in threads:
-            thread.start()
-        while any(thread.is_alive() for thread in threads):
-            samples.append(rss_mib(server.pid))
-            time.sleep(1.0)
-        elapsed = time.monotonic() - started
-        rss_end = rss_mib(server.pid)
-        bad = malformed(url)
-        alive = httpx.get(f"{url}/health", timeout=30).json()
+        for label, folder in folders:
+            for mode in args.modes:
+                server = Server(folder, MODES[mode], args.threads)
+                try:
+                    asyncio.run(load(server, max(args.clients), 2.0, args.max_new_tokens, args.temperature))  # warm up, 2 s
+                    for clients in args.clients:
+                        run = asyncio.run(load(server, clients, args.seconds, args.max_new_tokens, args.temperature))
+                        run.update(model=label, mode=mode)
+                        runs.append(run)
+                        if not args.json:
+                            print(f"  {label:28s} {mode:14s} {clients:3d} clients: {run['tokens_per_s']:7.1f} tokens/s, "
+                                  f"TTFT p50 {run['ttft_p50_s']} s p99 {run['ttft_p99_s']} s, end to end p50 "
+                                  f"{run['e2e_p50_s']} s p99 {run['e2e_p99_s']} s, {run['requests']} requests, "
+                                  f"{run['errors']} errors, RSS {run['rss_mib_start']} -> {run['rss_mib_end']} MiB",
+                                  flush=True)
+                    bad += [dict(result, model=label, mode=mode) for result in malformed(server.url)]
+                    alive &= httpx.get(f"{server.url}/health", timeout=30).json().get("status") == "ok"
+                finally:
+                    server.stop()
     finally:
-        server.terminate()
-        server.wait(30)
+        shutil.rmtree(scratch, ignore_errors=True)
 
-    good = [r for r in records if r[2] is None]
-    errors = [r[2] for r in records if r[2] is not None]
+    speedups = []
+    for label, _ in folders:
+        for clients in args.clients:
+            pair = {r["mode"]: r for r in runs if r["model"] == label and r["clients"] == clients}
+            if len(pair) == 2 and pair["one-at-a-time"]["tokens_per_s"]:
+                speedups.append({"model": label, "clients": clients,
+                                 "speedup": round(pair["batched"]["tokens_per_s"] / pair["one-at-a-time"]["tokens_per_s"], 2)})
+    ttfts = [t for r in runs for t in r.pop("_ttft")]
+    e2es = [t for r in runs for t in r.pop("_e2e")]
     report = {
-        "clients": args.clients,
-        "seconds": round(elapsed, 1),
-        "max_new_tokens": args.max_new_tokens,
-        "requests": len(records),
-        "requests_per_s": round(len(records) / elapsed, 2),
-        "errors": len(errors),
-        "error_examples": errors[:3],
-        "ttft_p50_s": round(percentile([r[0] for r in good], 0.5), 3) if good else None,
-        "ttft_p99_s": round(percentile([r[0] for r in good], 0.99), 3) if good else None,
-        "e2e_p50_s": round(percentile([r[1] for r in good], 0.5), 3) if good else None,
-        "e2e_p99_s": round(percentile([r[1] for r in good], 0.99), 3) if good else None,
-        "rss_mib_start": round(rss_start, 1),
-        "rss_mib_end": round(rss_end, 1),
-        "rss_mib_max": round(max(samples), 1),
-        "rss_growth": round(rss_end / rss_start, 3),
-        "malformed_requests": len(bad),
-        "malformed_answered_4xx_naming_the_field": sum(r["ok"] for r in bad),
-        "malformed_failures": [r for r in bad if not r["ok"]],
-        "server_alive_after": alive.get("status") == "ok",
+        "machine": machine, "max_new_tokens": args.max_new_tokens, "runs": runs, "speedups": speedups,
+        "requests": sum(r["requests"] for r in runs), "errors": sum(r["errors"] for r in runs),
+        "ttft_p50_s": percentile(ttfts, 0.5), "e2e_p50_s": percentile(e2es, 0.5),
+        "malformed_requests": len(bad), "malformed_answered_4xx_naming_the_field": sum(r["ok"] for r in bad),
+        "malformed_failures": [r for r in bad if not r["ok"]], "server_alive_after": alive,
     }
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
-        print(f"smolite serve {args.model_dir}: {args.clients} clients for {report['seconds']} s, "
-              f"replies of up to {args.max_new_tokens} tokens, on {os.cpu_count()} CPU cores")
-        print(f"  requests            {report['requests']} ({report['requests_per_s']}/s), errors {report['errors']}")
-        print(f"  time to first piece p50 {report['ttft_p50_s']} s, p99 {report['ttft_p99_s']} s "
-              "(a request waits for the ones queued before it)")
-        print(f"  end to end          p50 {report['e2e_p50_s']} s, p99 {report['e2e_p99_s']} s")
-        print(f"  server memory       {report['rss_mib_start']} MiB at start, {report['rss_mib_end']} MiB at end "
-              f"(max {report['rss_mib_max']}), x{report['rss_growth']}")
-        print(f"  malformed requests  {report['malformed_answered_4xx_naming_the_field']}/{report['malformed_requests']} "
-              f"answered 4xx naming the field; server alive after: {report['server_alive_after']}")
+        print()
+        print("| model | clients | mode | tokens/s | TTFT p50 / p99 | end to end p50 / p99 | requests | errors | server RSS |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in runs:
+            print(f"| {r['model']} | {r['clients']} | {r['mode']} | {r['tokens_per_s']} | {r['ttft_p50_s']} / "
+                  f"{r['ttft_p99_s']} s | {r['e2e_p50_s']} / {r['e2e_p99_s']} s | {r['requests']} | {r['errors']} | "
+                  f"{r['rss_mib_start']:.0f} → {r['rss_mib_end']:.0f} MiB |")
+        for s in speedups:
+            print(f"batched / one-at-a-time, {s['model']}, {s['clients']} clients: {s['speedup']}x tokens/s")
+        print(f"malformed requests: {report['malformed_answered_4xx_naming_the_field']}/{report['malformed_requests']} "
+              f"answered 4xx naming the field; servers alive after: {alive}")
         for failure in report["malformed_failures"]:
-            print(f"    NOT OK: {failure}")
-    return 0 if not errors and not report["malformed_failures"] and report["server_alive_after"] else 1
+            print(f"  NOT OK: {failure}")
+    return 0 if not report["errors"] and not report["malformed_failures"] and alive else 1
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from smolite_hf.chat import load_chat_model  # noqa: E402
-from smolite_hf.serve import ChatServer  # noqa: E402
+from smolite_hf.serving import create_app  # noqa: E402
 from tests.serving import running  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main() -> None:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     try:
-        with running(ChatServer(model, tokenizer, name=Path(args.model_dir).name).app()) as url:
+        with running(create_app(model, tokenizer, name=Path(args.model_dir).name)) as url:
             driver.get(url + "/")
             driver.execute_script(f"localStorage.setItem('smolite-chat-theme', '{args.theme}')")
             driver.refresh()

@@ -1,4 +1,4 @@
-"""Helpers for the server tests: a uvicorn server on a free loopback port in a thread, and an SSE reader."""
+"""Helpers for the server tests: a uvicorn server on a free loopback port in a thread, SSE and OpenAI stream readers."""
 
 from __future__ import annotations
 
@@ -50,3 +50,21 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02) -> None
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def openai_stream(response: httpx.Response) -> list:
+    """The `data:` payloads of an OpenAI stream: JSON chunks, and the final `[DONE]` as the string itself."""
+    payloads = []
+    for line in response.read().decode("utf-8").replace("\r\n", "\n").split("\n"):
+        if line.startswith("data: "):
+            data = line[len("data: "):]
+            payloads.append(data if data == "[DONE]" else json.loads(data))
+    return payloads

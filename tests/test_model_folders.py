@@ -19,7 +19,7 @@ from smolite_hf import SmoliteForCausalLM, folders
 from smolite_hf.chat import load_chat_model
 from smolite_hf.evaluation import evaluate_model
 from smolite_hf.folders import ModelFolderError, check_model_folder, load_model
-from smolite_hf.serve import serve
+from smolite_hf.serving import serve
 from smolite_hf.training import train
 
 from .conftest import keras_reference_file

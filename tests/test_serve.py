@@ -1,5 +1,7 @@
-"""`smolite serve`: SSE framing, the original GET protocol, POST conversations, caps and 4xx errors, concurrency,
-client disconnects, generation errors and the command itself — against a real server on loopback."""
+"""`smolite serve`, the original protocol: SSE framing, GET and POST /api/chat, caps and 4xx errors, concurrency,
+client disconnects, backpressure, generation errors and the command itself — against a real server on loopback.
+The OpenAI routes, batching, access and metrics are in `test_openai_api.py`; real OpenAI clients in
+`test_openai_client.py`."""
 
 from __future__ import annotations
 
@@ -15,9 +17,9 @@ import httpx
 import pytest
 
 from smolite_hf.chat import generate_reply, load_chat_model
-from smolite_hf.serve import ChatServer, ServeLimits
+from smolite_hf.serving import ServeLimits, create_app
 
-from .serving import running, sse_events, wait_until
+from .serving import free_port, running, sse_events, wait_until
 
 GREEDY = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50}
 
@@ -30,9 +32,9 @@ def loaded(converted_dir):
 @pytest.fixture(scope="module")
 def server(loaded):
     model, tokenizer = loaded
-    chat_server = ChatServer(model, tokenizer, ServeLimits(max_message_chars=200, max_new_tokens=40, max_waiting=1))
-    with running(chat_server.app()) as url:
-        yield chat_server, url
+    app = create_app(model, tokenizer, limits=ServeLimits(max_message_chars=200, max_new_tokens=40))
+    with running(app) as url:
+        yield app.state.worker, url
 
 
 @contextlib.contextmanager
@@ -54,9 +56,9 @@ def post(url, body, **kwargs):
 
 
 def test_health(server):
-    chat_server, url = server
+    worker, url = server
     health = httpx.get(f"{url}/health").json()
-    assert health["status"] == "ok" and health["busy"] is False and health["waiting"] == 0
+    assert health["status"] == "ok" and health["busy"] is False and health["waiting"] == 0 and health["running"] == 0
 
 
 def test_get_streams_the_original_protocol(server):
@@ -148,7 +150,14 @@ def test_post_rejects_bodies_that_are_not_json_or_not_utf8(server):
         assert response.status_code == 400 and response.json()["field"] == "body"
     huge = b'{"messages": [{"role": "user", "content": "' + b"a" * 300_000 + b'"}]}'
     response = httpx.post(f"{url}/api/chat", content=huge, headers={"Content-Type": "application/json"})
-    assert response.status_code == 400 and "limit" in response.json()["error"]
+    assert response.status_code == 413 and "limit" in response.json()["error"] and response.json()["field"] == "body"
+
+    def chunked():  # no Content-Length: the cap holds while the body is read
+        for _ in range(30):
+            yield b"a" * 10_000
+
+    response = httpx.post(f"{url}/api/chat", content=chunked(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["field"] == "body"
 
 
 def test_two_concurrent_clients_receive_their_own_complete_replies(server, loaded):
@@ -171,40 +180,70 @@ def test_two_concurrent_clients_receive_their_own_complete_replies(server, loade
 
 
 def test_a_disconnecting_client_stops_its_generation(server, loaded):
-    chat_server, url = server
-    before = dict(chat_server.stats)
+    worker, url = server
+    before = dict(worker.stats)
     with slow_model(loaded[0], 0.2):  # 40 tokens would take 8 s
         with httpx.stream("POST", f"{url}/api/chat", timeout=60,
                           json={"messages": [{"role": "user", "content": "안녕"}], "max_new_tokens": 40, "do_sample": False}) as response:
             next(response.iter_lines())  # the first event arrived: generation is running
             started = time.monotonic()
-        wait_until(lambda: chat_server.stats["cancelled"] == before["cancelled"] + 1 and not chat_server.busy, timeout=5)
+        wait_until(lambda: worker.stats["cancelled"] == before["cancelled"] + 1 and worker.running == 0, timeout=5)
         assert time.monotonic() - started < 5
-    assert chat_server.stats["served"] == before["served"]
+    assert worker.stats["served"] == before["served"]
     # the worker is free: the next request is served at once
     events = sse_events(post(url, {"messages": [{"role": "user", "content": "안녕"}], "max_new_tokens": 3}))
     assert events[-1] == {"done": True}
 
 
-def test_a_full_queue_answers_503(server, loaded):
-    chat_server, url = server
+@pytest.fixture
+def one_slot_server(loaded):
+    """One running slot and one waiting place."""
+    model, tokenizer = loaded
+    app = create_app(model, tokenizer, limits=ServeLimits(max_new_tokens=40, max_running=1, max_waiting=1))
+    with running(app) as url:
+        yield app.state.worker, url
+
+
+def test_a_full_server_answers_429_with_retry_after(one_slot_server, loaded):
+    worker, url = one_slot_server
     body = {"messages": [{"role": "user", "content": "안녕"}], "max_new_tokens": 20, "do_sample": False}
     outcomes = []
     with slow_model(loaded[0], 0.1):
         threads = []
-        for expect_busy, expect_waiting in ((True, 0), (True, 1)):
+        for expect_running, expect_waiting in ((1, 0), (1, 1)):
             threads.append(threading.Thread(target=lambda: outcomes.append(sse_events(post(url, body)))))
             threads[-1].start()
-            wait_until(lambda: chat_server.busy == expect_busy and chat_server.waiting == expect_waiting)
+            wait_until(lambda: worker.running == expect_running and worker.waiting == expect_waiting)
         refused = post(url, body)
+        refused_get = httpx.get(f"{url}/api/chat", params={"message": "안녕"})
         for thread in threads:
             thread.join(60)
-    assert refused.status_code == 503 and "busy" in refused.json()["error"]
+    for response in (refused, refused_get):
+        assert response.status_code == 429 and "busy" in response.json()["error"]
+        assert int(response.headers["Retry-After"]) >= 1
     assert [events[-1] for events in outcomes] == [{"done": True}, {"done": True}]
 
 
+def test_a_waiting_client_that_disconnects_frees_its_place_at_once(one_slot_server, loaded):
+    worker, url = one_slot_server
+    before = dict(worker.stats)
+    body = {"messages": [{"role": "user", "content": "안녕"}], "max_new_tokens": 20, "do_sample": False}
+    first = []
+    with slow_model(loaded[0], 0.1):
+        thread = threading.Thread(target=lambda: first.append(sse_events(post(url, body))))
+        thread.start()
+        wait_until(lambda: worker.running == 1)
+        with httpx.stream("POST", f"{url}/api/chat", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            wait_until(lambda: worker.waiting == 1)
+        wait_until(lambda: worker.waiting == 0, timeout=5)  # gone from the queue while the first still runs
+        assert worker.running == 1 and worker.stats["cancelled"] == before["cancelled"] + 1
+        thread.join(60)
+    assert first[0][-1] == {"done": True} and worker.stats["served"] == before["served"] + 1
+
+
 def test_a_generation_error_ends_that_stream_and_the_server_keeps_serving(server, loaded):
-    chat_server, url = server
+    worker, url = server
     model = loaded[0]
 
     def explode(module, args):
@@ -228,12 +267,9 @@ def test_the_page_is_self_contained(server):
     assert "api/chat" in page.text and "{{MODEL_NAME}}" not in page.text
 
 
+@pytest.mark.slow
 def test_smolite_serve_command_binds_to_loopback_and_serves(converted_dir, tmp_path):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "smolite_hf", "serve", str(converted_dir), "--port", str(port), "--device", "cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -252,6 +288,47 @@ def test_smolite_serve_command_binds_to_loopback_and_serves(converted_dir, tmp_p
         process.terminate()
         process.wait(30)
     assert process.returncode in (0, -15)
+
+
+@pytest.mark.slow
+def test_smolite_serve_warns_on_a_network_address_without_a_key(converted_dir):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smolite_hf", "serve", str(converted_dir), "--host", "0.0.0.0", "--port", str(port),
+         "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={k: v for k, v in {**os.environ, "PYTHONUNBUFFERED": "1"}.items() if k != "SMOLITE_API_KEY"},
+    )
+    try:
+        output = ""
+        while "warning:" not in output:
+            line = process.stdout.readline()
+            assert line, f"smolite serve exited without the warning: {output}"
+            output += line
+        assert "reachable from the network" in output and "no API key" in output and "--api-key" in output
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.mark.slow
+def test_smolite_serve_takes_the_api_key_from_the_environment(converted_dir):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smolite_hf", "serve", str(converted_dir), "--port", str(port), "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "SMOLITE_API_KEY": "s3cret"},
+    )
+    try:
+        wait_until(lambda: _ok(f"http://127.0.0.1:{port}/health"), timeout=60, interval=0.1)
+        params = {"message": "안녕", "max_new_tokens": 3}
+        assert httpx.get(f"http://127.0.0.1:{port}/api/chat", params=params).status_code == 401
+        response = httpx.get(f"http://127.0.0.1:{port}/api/chat", params=params, timeout=60,
+                             headers={"Authorization": "Bearer s3cret"})
+        assert sse_events(response)[-1] == {"done": True}
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def test_smolite_serve_refuses_a_missing_folder(tmp_path):

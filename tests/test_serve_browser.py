@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from smolite_hf.chat import generate_reply, load_chat_model
-from smolite_hf.serve import ChatServer
+from smolite_hf.serving import create_app
 
 from .conftest import REPO
 from .serving import running
@@ -20,10 +20,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 ARTIFACTS = Path(os.environ.get("SMOLITE_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (scripts/test.sh installs them where apt-get can run as root)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs Debian's chromium and chromium-driver (scripts/test.sh installs them where apt-get can run as root)",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def greedy_server(converted_dir):
     model, tokenizer = load_chat_model(converted_dir, device="cpu")
     model.generation_config.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=50, max_new_tokens=25)
     handle = model.register_forward_pre_hook(lambda module, args: __import__("time").sleep(0.03))  # visible streaming
-    with running(ChatServer(model, tokenizer, name="smolite-tiny").app()) as url:
+    with running(create_app(model, tokenizer, name="smolite-tiny")) as url:
         yield url, model, tokenizer
     handle.remove()
 

@@ -1,0 +1,486 @@
+"""The generation worker of `smolite serve`: one thread owns the model and decodes every running request together.
+
+Each step runs one forward pass for all running sequences (left-padded, one shared `DynamicCache`), plus one for the
+requests admitted in that step (their prompts, left-padded together), whose caches then join the batch. Sequences
+leave the batch as soon as they finish or their client goes away. The choice of each next token is the request's
+own, made with the logits processors `generate()` builds from the request's `GenerationConfig`
+(`model._get_logits_processor`, as transformers' continuous batching does): the repetition penalty, the `<end>` -5
+bias, `<pad>` never generated, the minimum length, temperature and top-p — and with the request's own
+`torch.Generator`, so a seed gives the same reply whatever else runs. Requests whose configurations are equal share
+one call of each processor (their histories are left-padded with their own first token, which no processor in
+`_ROW_WISE` can tell apart); the others are processed one by one. Stop strings are found in the decoded text, which
+is held back while it may still become one.
+
+Why not transformers' `ContinuousBatchingManager`: it drops the repetition penalty and the minimum length (their
+processors are marked `supports_continuous_batching = False`), has no stop strings or stopping criteria, and takes one
+seed for the whole manager — so it cannot decode the seed's chat settings per request (README, Serve).
+
+    worker = BatchedGenerator(model, tokenizer, max_running=16)
+    worker.start()
+    prompt, config = worker.prepare([{"role": "user", "content": "안녕하세요"}], do_sample=False)
+    print(worker.submit(prompt, config).result().text)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from transformers import GenerationConfig
+from transformers.cache_utils import DynamicCache
+from transformers.generation.logits_process import (
+    MinLengthLogitsProcessor,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    SequenceBiasLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from ..chat import prepare_generation
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what a job reports
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New tokens of one step and the text they add (empty while it is held back)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The whole reply: `finish_reason` is `stop` (`<end>` or a stop string) or `length` (the token cap)."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+class Overloaded(Exception):
+    """Every running slot and every waiting place is taken (answered `429` with `Retry-After`)."""
+
+    def __init__(self, running: int, waiting: int, retry_after: int = 1):
+        super().__init__(f"the server is busy ({running} running, {waiting} waiting); try again in {retry_after} s.")
+        self.retry_after = retry_after
+
+
+class GenerationJob:
+    """One submitted request: its events (async: `events()`, or blocking: `result()`) and `cancel()`."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, prompt_ids: list[int], config: GenerationConfig, seed: int | None, stop: tuple[str, ...],
+                 loop: asyncio.AbstractEventLoop | None, on_cancel):
+        self.id = next(self._ids)
+        self.prompt_ids, self.config, self.seed, self.stop = prompt_ids, config, seed, stop
+        self.submitted_at = time.perf_counter()
+        self.first_token_at: float | None = None
+        self.final: Finished | Failed | None = None
+        self.cancelled = False
+        self._loop = loop
+        self._queue: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
+        self._done = threading.Event()
+        self._on_cancel = on_cancel
+
+    def cancel(self) -> None:
+        """Stop this request: it leaves the queue, or the batch before the next forward pass."""
+        if self.final is None and not self.cancelled:
+            self.cancelled = True
+            self._on_cancel(self)
+
+    async def events(self):
+        """`Delta`s, then one `Finished` or `Failed` (needs the event loop the job was submitted from). Deltas that
+        arrived while the reader was busy come as one."""
+        pending = None
+        while True:
+            event, pending = (pending if pending is not None else await self._queue.get()), None
+            while isinstance(event, Delta) and not self._queue.empty():
+                following = self._queue.get_nowait()
+                if not isinstance(following, Delta):
+                    pending = following
+                    break
+                event = Delta(event.text + following.text, event.token_ids + following.token_ids)
+            yield event
+            if isinstance(event, (Finished, Failed)):
+                return
+
+    def result(self, timeout: float | None = None) -> Finished | Failed:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
+        return self.final
+
+    def _record(self, event) -> None:  # called by the worker thread
+        if isinstance(event, Delta) and self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if isinstance(event, (Finished, Failed)):
+            self.final = event
+            self._done.set()
+
+
+def _deliver(events: list[tuple[GenerationJob, object]]) -> None:
+    """Record each job's event, and hand them to their event loops with one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = collections.defaultdict(list)
+    for job, event in events:
+        job._record(event)
+        if job._loop is not None:
+            by_loop[job._loop].append((job._queue, event))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, items)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            pass
+
+
+def _put_all(items: list) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one running sequence
+
+# Processors that treat each row on its own whatever the other rows hold, so that requests with equal configurations
+# share one call (histories left-padded with each row's own first token, which changes nothing for them).
+_ROW_WISE = (MinLengthLogitsProcessor, SuppressTokensLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+             TopPLogitsWarper, MinPLogitsWarper)
+
+
+def _row_wise(processor) -> bool:
+    if isinstance(processor, SequenceBiasLogitsProcessor):  # only single-token biases ignore the history
+        return all(len(sequence) == 1 for sequence in processor.sequence_bias)
+    if isinstance(processor, RepetitionPenaltyLogitsProcessor):
+        return processor.prompt_ignore_length is None
+    return isinstance(processor, _ROW_WISE)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    job: GenerationJob
+    ids: list[int]  # prompt and generated tokens; the last one is not in the cache yet
+    processors: object
+    group: str | None  # requests in one group share processor calls; None: alone
+    min_length: int
+    do_sample: bool
+    generator: torch.Generator
+    eos: frozenset[int]
+    max_new_tokens: int
+    generated: list[int] = field(default_factory=list)
+    emitted: str = ""
+
+    def batch_key(self):
+        return None if self.group is None else (self.group, len(self.ids) < self.min_length)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the worker
+
+
+class BatchedGenerator:
+    """Decodes up to `max_running` requests together; `max_waiting` more wait in order; more are `Overloaded`."""
+
+    def __init__(self, model, tokenizer, max_running: int = 16, max_waiting: int = 32):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_running, self.max_waiting = max_running, max_waiting
+        self.stats = {"served": 0, "cancelled": 0, "failed": 0, "generated_tokens": 0}
+        self._lock = threading.Condition()
+        self._tokenizer_lock = threading.Lock()  # the tokenizer is used by the server's thread and this one
+        self._waiting: collections.deque[GenerationJob] = collections.deque()
+        self._active: set[GenerationJob] = set()  # taken from the queue, not finished yet
+        self._rows: list[_Sequence] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # (B, W): 1 for real tokens, 0 for left padding
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- the server's side ---------------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> "BatchedGenerator":
+        if not self.alive:
+            self._closing = False
+            self._thread = threading.Thread(target=self._run, name="smolite-generate", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread; requests still queued or running end with `Failed`."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def prepare(self, messages: list[dict], **overrides) -> tuple[list[int], GenerationConfig]:
+        """`(prompt ids, generation config)` for `messages` under the window rule (`chat.prepare_generation`)."""
+        with self._tokenizer_lock:
+            input_ids, config = prepare_generation(self.model, self.tokenizer, messages, **overrides)
+        return input_ids[0].tolist(), config
+
+    def submit(self, prompt_ids: list[int], config: GenerationConfig, seed: int | None = None,
+               stop: Sequence[str] = (), loop: asyncio.AbstractEventLoop | None = None) -> GenerationJob:
+        """Queue a request (`config` is the job's own; it is changed in place). Raises `Overloaded` when full."""
+        if (config.num_beams or 1) > 1 or (config.num_return_sequences or 1) > 1:
+            raise ValueError("the server decodes one sequence per request: num_beams and num_return_sequences must be 1.")
+        job = GenerationJob(list(prompt_ids), config, seed, tuple(stop), loop, self._cancel)
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the generation worker is shut down")
+            if len(self._active) + len(self._waiting) >= self.max_running + self.max_waiting:
+                raise Overloaded(len(self._active), len(self._waiting))
+            self._waiting.append(job)
+            self._lock.notify_all()
+        return job
+
+    def _cancel(self, job: GenerationJob) -> None:
+        with self._lock:
+            if job in self._waiting:  # not started: its place in the queue is free at once
+                self._waiting.remove(job)
+                self.stats["cancelled"] += 1
+            self._lock.notify_all()
+
+    # -- the thread ----------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._lock:
+                    while not self._closing and not self._waiting and not self._rows:
+                        self._lock.wait()
+                    if self._closing:
+                        break
+                    room = self.max_running - len(self._active)
+                    admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                    self._active.update(admitted)
+                self._drop_cancelled()
+                try:
+                    self._step(admitted)
+                except Exception as error:  # reported to the requests of this step; the worker goes on
+                    logger.exception("generation failed")
+                    self._fail(f"{type(error).__name__}: {error}")
+        self._fail("the server is shutting down", waiting_too=True)
+
+    def _step(self, admitted: list[GenerationJob]) -> None:
+        if self._rows:
+            self._choose(self._rows, self._decode())
+        newcomers = [self._start(job) for job in admitted if not self._finished_before_start(job)]
+        if newcomers:
+            logits, cache, mask = self._prefill(newcomers)
+            self._choose(newcomers, logits)
+            self._join(newcomers, cache, mask)
+        self._publish_and_retire()
+
+    def _finished_before_start(self, job: GenerationJob) -> bool:
+        if job.cancelled:
+            with self._lock:
+                self._active.discard(job)
+                self.stats["cancelled"] += 1
+        return job.cancelled
+
+    def _start(self, job: GenerationJob) -> _Sequence:
+        config, device = job.config, self.model.device
+        group = json.dumps({k: v for k, v in config.to_dict().items() if k not in ("max_new_tokens", "max_length")},
+                           sort_keys=True, default=str)
+        self.model._prepare_special_tokens(config, True, device=device, batch_size=1)
+        if config.min_new_tokens is not None:  # as `generate()` does in `_prepare_generated_length`
+            config.min_length = config.min_new_tokens + len(job.prompt_ids)
+        prompt = torch.tensor([job.prompt_ids], device=device)
+        processors = self.model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt.shape[1],
+                                                      encoder_input_ids=prompt, device=device, model_kwargs={})
+        generator = torch.Generator(device=device)  # unseeded requests draw a seed from torch's global generator
+        generator.manual_seed(job.seed if job.seed is not None else int(torch.randint(0, 2**62, ())))
+        eos = config._eos_token_tensor
+        return _Sequence(
+            job=job, ids=list(job.prompt_ids), processors=processors,
+            group=group if all(_row_wise(p) for p in processors) else None, min_length=config.min_length or 0,
+            do_sample=bool(config.do_sample), generator=generator,
+            eos=frozenset(eos.tolist()) if eos is not None else frozenset(),
+            max_new_tokens=config.max_new_tokens or self.model.config.max_position_embeddings - len(job.prompt_ids),
+        )
+
+    # -- forward passes --------------------------------------------------------------------------------------------
+
+    def _decode(self) -> torch.Tensor:
+        """One step of every running sequence: the logits `(B, V)` after its last token."""
+        device = self.model.device
+        rows = self._rows
+        self._mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
+        outputs = self.model(
+            input_ids=torch.tensor([[row.ids[-1]] for row in rows], device=device),
+            attention_mask=None if bool(self._mask.all()) else self._mask,  # as generate() drops an all-ones mask
+            position_ids=torch.tensor([[len(row.ids) - 1] for row in rows], device=device),
+            cache=self._cache, use_cache=True,
+        )
+        self._cache = outputs.cache
+        return outputs.logits[:, -1].float()
+
+    def _prefill(self, rows: list[_Sequence]):
+        """The prompts of `rows`, left-padded together: `(logits (n, V), cache, mask)`."""
+        device = self.model.device
+        width = max(len(row.ids) for row in rows)
+        pad = self.model.config.pad_token_id or 0
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row.ids):] = torch.tensor(row.ids, device=device)
+            mask[i, width - len(row.ids):] = 1
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=None if bool(mask.all()) else mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            cache=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1,
+        )
+        return outputs.logits[:, -1].float(), outputs.cache, mask
+
+    def _join(self, rows: list[_Sequence], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Add prefilled `rows` to the batch: both caches padded on the left to one width, then stacked."""
+        if not self._rows:
+            self._rows, self._cache, self._mask = list(rows), cache, mask
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+
+        def widen(tensor: torch.Tensor) -> torch.Tensor:  # (B, ..., T, [D]) padded to `width` on the left of T
+            missing = width - tensor.shape[2 if tensor.dim() == 4 else 1]
+            if not missing:
+                return tensor
+            return torch.nn.functional.pad(tensor, (0, 0, missing, 0) if tensor.dim() == 4 else (missing, 0))
+
+        for old, new in zip(self._cache.layers, cache.layers):
+            old.keys = torch.cat([widen(old.keys), widen(new.keys)])  # (B, heads, T, head_dim)
+            old.values = torch.cat([widen(old.values), widen(new.values)])
+        self._mask = torch.cat([widen(self._mask), widen(mask)])
+        self._rows += rows
+
+    def _keep(self, keep: list[int]) -> None:
+        """Keep only the rows at `keep` (and drop the padding columns no row needs any more)."""
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        index = torch.tensor(keep, device=self._mask.device)
+        mask = self._mask.index_select(0, index)
+        first = int(mask.any(0).long().argmax())  # the first column some row still uses
+        self._mask = mask[:, first:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
+            layer.values = layer.values.index_select(0, index)[:, :, first:]
+        self._rows = [self._rows[i] for i in keep]
+
+    # -- choosing tokens ---------------------------------------------------------------------------------------------
+
+    def _choose(self, rows: list[_Sequence], logits: torch.Tensor) -> None:
+        """Each row's next token: its own processors, then argmax or a draw from its own generator."""
+        groups: dict[object, list[int]] = collections.defaultdict(list)
+        for i, row in enumerate(rows):
+            key = row.batch_key()
+            groups[key if key is not None else ("alone", i)].append(i)
+        scores = torch.empty_like(logits)
+        for index in groups.values():
+            members = [rows[i] for i in index]
+            width = max(len(row.ids) for row in members)
+            history = torch.tensor([[row.ids[0]] * (width - len(row.ids)) + row.ids for row in members],
+                                   device=logits.device)
+            at = torch.tensor(index, device=logits.device)
+            scores[at] = members[0].processors(history, logits[at])
+        greedy = scores.argmax(-1).tolist()
+        for i, row in enumerate(rows):
+            if row.do_sample:
+                probs = torch.softmax(scores[i : i + 1], dim=-1)
+                token = int(torch.multinomial(probs, num_samples=1, generator=row.generator))
+            else:
+                token = greedy[i]
+            row.ids.append(token)
+            row.generated.append(token)
+
+    # -- reporting ---------------------------------------------------------------------------------------------------
+
+    def _publish_and_retire(self) -> None:
+        keep, done, events = [], [], []
+        for i, row in enumerate(self._rows):
+            token = row.generated[-1]
+            reason = "stop" if token in row.eos else "length" if len(row.generated) >= row.max_new_tokens else None
+            text, reason = self._text(row, reason)
+            delta = text[len(row.emitted):] if text.startswith(row.emitted) else ""
+            row.emitted += delta
+            events.append((row.job, Delta(delta, (token,))))
+            if reason is None:
+                keep.append(i)
+            else:
+                done.append(row)
+                events.append((row.job, Finished(text, reason, len(row.job.prompt_ids), len(row.generated),
+                                                 tuple(row.generated))))
+        _deliver(events)
+        with self._lock:
+            self._active.difference_update(row.job for row in done)
+            self.stats["served"] += len(done)
+            self.stats["generated_tokens"] += len(self._rows)
+        if len(keep) < len(self._rows):
+            self._keep(keep)
+
+    def _text(self, row: _Sequence, reason: str | None) -> tuple[str, str | None]:
+        """The reply so far as it may be shown, and the finish reason: `reason`, or `stop` at a stop string."""
+        with self._tokenizer_lock:
+            text = self.tokenizer.decode(row.generated, skip_special_tokens=True).lstrip()
+        hits = [at for at in (text.find(stop) for stop in row.job.stop) if at >= 0]
+        if hits:
+            return text[: min(hits)].strip(), "stop"
+        if reason is not None:
+            return text.strip(), reason
+        # while generating, hold back what may still become a stop string, and trailing whitespace
+        hold = max((k for stop in row.job.stop for k in range(1, len(stop)) if text.endswith(stop[:k])), default=0)
+        return text[: len(text) - hold].rstrip(), None
+
+    def _drop_cancelled(self) -> None:
+        gone = [row for row in self._rows if row.job.cancelled]
+        if gone:
+            with self._lock:
+                self._active.difference_update(row.job for row in gone)
+                self.stats["cancelled"] += len(gone)
+            self._keep([i for i, row in enumerate(self._rows) if not row.job.cancelled])
+
+    def _fail(self, message: str, waiting_too: bool = False) -> None:
+        """End every running request (and with `waiting_too` every queued one) with `Failed(message)`."""
+        self._rows, self._cache, self._mask = [], None, None
+        with self._lock:
+            jobs = list(self._active) + (list(self._waiting) if waiting_too else [])
+            self._active.clear()
+            if waiting_too:
+                self._waiting.clear()
+            _deliver([(job, Failed(message)) for job in jobs])
+            self.stats["failed"] += len(jobs)
+
+
+__all__ = ["BatchedGenerator", "Delta", "Failed", "Finished", "GenerationJob", "Overloaded"]
