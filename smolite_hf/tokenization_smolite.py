@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import Unigram
 from transformers import TokenizersBackend
 from transformers.utils import logging
@@ -380,57 +380,57 @@ class SmoliteTokenizer(TokenizersBackend):
         show_progress: bool = False,
         **kwargs,
     ) -> "SmoliteTokenizer":
-        """Train a Unigram tokenizer on `texts` with the same normalisation and pre-tokenisation as a converted one.
+        """Train a Unigram tokenizer on `texts` with SentencePiece's own trainer, the tool the original used.
 
-        The special pieces get fixed ids: `<pad>` 0, `<unk>` 1, `<start>` 2, `<sep>` 3, `<end>` 4 (as in the released
-        models). Raises `ValueError` when the corpus cannot support `vocab_size` pieces (instead of silently returning
-        a smaller vocabulary), and when `vocab_size` cannot hold every character of the text.
+        The same texts give the same tokenizer on every run (one training thread, the input in its order, no
+        sampling). Normalisation is SentencePiece's `nmt_nfkc` with the dummy prefix, as in a converted model, and
+        every character of the text is a piece (`character_coverage` 1). The special pieces get fixed ids: `<pad>` 0
+        (control), `<unk>` 1, `<start>` 2, `<sep>` 3, `<end>` 4 (user-defined), as in the released models; the
+        characters of their names are pieces too, so that their literal text encodes as characters, as SentencePiece
+        does. Raises `ValueError` naming the largest vocabulary the text supports, or the smallest that holds its
+        characters, instead of returning another size. `length` is accepted for `train_new_from_iterator`'s sake.
         """
+        import io
+        import re
+
+        import sentencepiece
+
         if vocab_size <= len(SPECIAL_PIECES):
             raise ValueError(f"vocab_size must be larger than the {len(SPECIAL_PIECES)} special pieces, got {vocab_size}.")
-        backend = Tokenizer(Unigram())
-        backend.normalizer = sentencepiece_normalizer()
-        user_defined = "|".join(_literal(piece) for piece in USER_DEFINED_PIECES)
-        backend.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(user_defined), behavior="isolated"),
-                pre_tokenizers.Split("\u2581", behavior="merged_with_next"),
-            ]
-        )
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size,
-            special_tokens=SPECIAL_PIECES,
-            unk_token=UNK,
-            # the characters of the special pieces are ordinary pieces too, so that the literal text "<pad>" encodes
-            # as characters (as SentencePiece does), never as a run of unknown characters that matches <pad> whole
-            initial_alphabet=sorted({c for piece in SPECIAL_PIECES for c in piece}),
-            max_piece_length=max_piece_length,
-            show_progress=show_progress,
-        )
-        alphabet = set(trainer.initial_alphabet)  # every character of the normalised text must become a piece
-        normalizer = sentencepiece_normalizer()  # not the backend's: it is locked while it trains
-
-        def counted(texts):
-            for text in _strings(texts):
-                alphabet.update(normalizer.normalize_str(text))
-                yield text
-
+        model = io.BytesIO()
         try:
-            backend.train_from_iterator(counted(texts), trainer=trainer, length=length)
-        except Exception as err:
-            if "not large enough to contain all chars" not in str(err):
-                raise
-            raise ValueError(_too_small(vocab_size, alphabet)) from err
-        vocab = json.loads(backend.to_str())["model"]["vocab"]
-        if len(vocab) > vocab_size:  # the trainer keeps every character (and more) when asked for too few pieces
-            raise ValueError(_too_small(vocab_size, alphabet))
-        if len(vocab) < vocab_size:
-            raise ValueError(
-                f"The training text supports at most {len(vocab)} pieces (all the pieces the Unigram trainer can form "
-                f"from it), fewer than vocab_size={vocab_size}; give more text or ask for at most {len(vocab)}."
+            sentencepiece.SentencePieceTrainer.train(
+                sentence_iterator=_strings(texts), model_writer=model, model_type="unigram", vocab_size=vocab_size,
+                character_coverage=1.0, normalization_rule_name="nmt_nfkc", max_sentencepiece_length=max_piece_length,
+                pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, pad_piece=PAD, unk_piece=UNK,
+                user_defined_symbols=USER_DEFINED_PIECES,
+                required_chars="".join(sorted({c for piece in SPECIAL_PIECES for c in piece})),
+                num_threads=1, shuffle_input_sentence=False, input_sentence_size=0,
+                minloglevel=0 if show_progress else 2,
             )
-        kinds = {PAD: "control", UNK: "unknown", START: "user_defined", SEP: "user_defined", END: "user_defined"}
-        pieces = [(piece, score, kinds.get(piece, "normal")) for piece, score in vocab]
+        except RuntimeError as err:
+            most = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", str(err))
+            least = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(err))
+            if most:
+                raise ValueError(
+                    f"The training text supports at most {most.group(2)} pieces (all that SentencePiece's trainer can "
+                    f"form from it), fewer than vocab_size={vocab_size}; give more text or ask for at most {most.group(2)}."
+                ) from None
+            if least:
+                raise ValueError(
+                    f"vocab_size={vocab_size} is too small for the training text: each of its distinct characters (after "
+                    f"normalisation, with those of the special pieces' names) must be a piece, besides the "
+                    f"{len(SPECIAL_PIECES)} special pieces, so the vocabulary needs at least {least.group(2)} pieces; "
+                    f"ask for at least {least.group(2)}."
+                ) from None
+            raise
+        processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
+        pieces = []
+        for index in range(processor.get_piece_size()):
+            piece = processor.id_to_piece(index)
+            kind = ("control" if processor.is_control(index) else "unknown" if processor.is_unknown(index)
+                    else "user_defined" if piece in USER_DEFINED_PIECES else "normal")
+            pieces.append((piece, processor.get_score(index), kind))
         if [piece for piece, _, _ in pieces[: len(SPECIAL_PIECES)]] != SPECIAL_PIECES:
             raise AssertionError(f"special pieces not at ids 0-4: {pieces[:5]}")
         return cls.from_backend(build_backend(pieces, unk_id=1), SPECIAL_TOKENS, **kwargs)
@@ -478,17 +478,6 @@ class SmoliteTokenizer(TokenizersBackend):
         if new_special_tokens:
             raise ValueError("SmoliteTokenizer has a fixed set of special pieces; new_special_tokens is not supported.")
         return type(self).train(text_iterator, vocab_size, length=length, model_max_length=self.model_max_length, **kwargs)
-
-
-def _too_small(vocab_size: int, alphabet: set[str]) -> str:
-    """Every character of the (normalised) text must be a piece, besides the special pieces: a lower bound."""
-    minimum = len(alphabet) + len(SPECIAL_PIECES)
-    return (
-        f"vocab_size={vocab_size} is too small for the training text: each of its {len(alphabet)} distinct characters "
-        f"(after normalisation, with those of the special pieces' names) must be a piece, besides the "
-        f"{len(SPECIAL_PIECES)} special pieces, so the vocabulary needs at least {minimum} pieces (the Unigram trainer "
-        "may need slightly more); ask for a larger vocab_size."
-    )
 
 
 def _strings(texts: Iterable[str]) -> Iterator[str]:

@@ -118,7 +118,7 @@ def test_the_card_reports_training_when_known(fake_hub, tmp_path):
 
     from .conftest import keras_reference_file
 
-    run = train(tmp_path / "run", keras_reference_file("conversations.jsonl"), size="tiny", vocab_size=420,
+    run = train(tmp_path / "run", keras_reference_file("conversations.jsonl"), size="tiny", vocab_size=350,
                 batch_size=4, max_steps=2, disable_tqdm=True)
     push_model(run.output_dir, "someone/trained")
     card = ModelCard(fake_hub.files["README.md"].decode())

@@ -10,7 +10,7 @@ from smolite_hf.training import train
 
 from .conftest import keras_reference_file
 
-TINY = dict(size="tiny", vocab_size=420, batch_size=4, eval_fraction=0.2, disable_tqdm=True, logging_steps=50)
+TINY = dict(size="tiny", vocab_size=350, batch_size=4, eval_fraction=0.2, disable_tqdm=True, logging_steps=50)
 
 
 @pytest.fixture(scope="module")

@@ -377,8 +377,8 @@ def alphabet_size(texts):
 
 @pytest.mark.parametrize("vocab_size", [40, 100, 345])
 def test_training_refuses_a_vocabulary_too_small_for_the_characters_naming_the_bound(vocab_size):
-    """Below the alphabet tokenizers raises; just above it, it silently returns more pieces than asked (345 gives
-    464 here): both are refused with the true lower bound, not "supports only N pieces, fewer than vocab_size"."""
+    """Below the alphabet the vocabulary is refused with the true lower bound, not "supports only N pieces, fewer than
+    vocab_size" (what an earlier trainer, which silently returned more pieces than asked, led to)."""
     minimum = alphabet_size(training_texts()) + len(SPECIAL_PIECES)
     assert vocab_size < minimum
     with pytest.raises(ValueError) as caught:
@@ -388,9 +388,31 @@ def test_training_refuses_a_vocabulary_too_small_for_the_characters_naming_the_b
     assert "fewer than" not in message
 
 
+def test_training_is_reproducible_and_segments_as_sentencepiece_does(tmp_path):
+    """Two trainings on the same text give the same pieces and scores (SentencePiece's trainer, one thread), and the
+    result encodes as `sentencepiece` itself does with the same pieces."""
+    import sentencepiece
+
+    first, second = (SmoliteTokenizer.train(training_texts(), vocab_size=400) for _ in range(2))
+    first.save_pretrained(tmp_path / "first")
+    second.save_pretrained(tmp_path / "second")
+    assert (tmp_path / "first" / "tokenizer.json").read_bytes() == (tmp_path / "second" / "tokenizer.json").read_bytes()
+    processor = sentencepiece.SentencePieceProcessor()
+    model_file = tmp_path / "same.model"
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(training_texts()), model_prefix=str(tmp_path / "same"), model_type="unigram", vocab_size=400,
+        character_coverage=1.0, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, user_defined_symbols=["<start>", "<sep>", "<end>"],
+        required_chars="".join(sorted({c for piece in SPECIAL_PIECES for c in piece})), num_threads=1,
+        shuffle_input_sentence=False, minloglevel=2)
+    processor.load(str(model_file))
+    assert [first.convert_ids_to_tokens(i) for i in range(400)] == [processor.id_to_piece(i) for i in range(400)]
+    for text in training_texts()[:40] + ["<start> 오늘 날씨가 좋네요 <sep>", "ㅋㅋㅋㅋㅋㅋㅋ 진짜?"]:
+        assert first(text)["input_ids"] == processor.encode(text), text
+
+
 def test_train_new_from_iterator_keeps_the_special_pieces(tokenizer):
-    trained = tokenizer.train_new_from_iterator(training_texts(), vocab_size=420)
-    assert type(trained) is SmoliteTokenizer and len(trained) == 420
+    trained = tokenizer.train_new_from_iterator(training_texts(), vocab_size=400)
+    assert type(trained) is SmoliteTokenizer and len(trained) == 400
     assert trained.convert_ids_to_tokens([0, 1, 2, 3, 4]) == ["<pad>", "<unk>", "<start>", "<sep>", "<end>"]
 
 
@@ -438,13 +460,13 @@ def test_train_tokenizer_command(tmp_path):
     out = tmp_path / "tok"
     done = subprocess.run(
         [sys.executable, "-m", "smolite_hf", "train-tokenizer", "--data", str(conversations), str(text_file),
-         "--vocab-size", "420", "--output-dir", str(out)],
+         "--vocab-size", "400", "--output-dir", str(out)],
         capture_output=True, text=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Trained a 420-piece tokenizer" in done.stdout
+    assert "Trained a 400-piece tokenizer" in done.stdout
     loaded = AutoTokenizer.from_pretrained(out)
-    assert type(loaded) is SmoliteTokenizer and len(loaded) == 420
+    assert type(loaded) is SmoliteTokenizer and len(loaded) == 400
     assert loaded.decode(loaded("<start> 또 다른 문장 <sep>")["input_ids"]) == "<start> 또 다른 문장 <sep>"
 
     bad = tmp_path / "bad.jsonl"

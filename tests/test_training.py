@@ -15,7 +15,7 @@ from smolite_hf.training import LabelSmoothingGuard, train
 
 from .conftest import keras_reference_file
 
-TINY = dict(size="tiny", vocab_size=420, batch_size=4, eval_fraction=0.2, disable_tqdm=True, logging_steps=50)
+TINY = dict(size="tiny", vocab_size=350, batch_size=4, eval_fraction=0.2, disable_tqdm=True, logging_steps=50)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,15 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
+def test_two_runs_from_scratch_with_the_same_seed_give_the_same_tokenizer_and_weights(tmp_path, data):
+    """Each run trains its own tokenizer (SentencePiece's trainer, deterministic) and then the model."""
+    runs = [train(tmp_path / name, data, max_steps=3, context_pairs=1, **TINY).output_dir for name in ("a", "b")]
+    for name in ("tokenizer.json", "model.safetensors"):
+        assert (runs[0] / name).read_bytes() == (runs[1] / name).read_bytes(), name
+    other_seed = train(tmp_path / "c", data, max_steps=3, seed=7, **TINY).output_dir
+    assert (other_seed / "model.safetensors").read_bytes() != (runs[0] / "model.safetensors").read_bytes()
+
+
 def test_end_to_end_run_lowers_the_eval_loss_and_writes_a_complete_folder(tmp_path, data):
     first = train(tmp_path / "short", data, max_steps=1, **TINY)
     longer = train(tmp_path / "long", data, max_steps=40, learning_rate=3e-3, **TINY)
@@ -44,7 +53,7 @@ def test_end_to_end_run_lowers_the_eval_loss_and_writes_a_complete_folder(tmp_pa
     model = AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert type(model) is SmoliteForCausalLM and type(tokenizer) is SmoliteTokenizer
-    assert model.config.vocab_size == len(tokenizer) == 420 and model.config.use_cache is True
+    assert model.config.vocab_size == len(tokenizer) == 350 and model.config.use_cache is True
     assert model.config.eos_token_id == tokenizer.eos_token_id and model.config.max_position_embeddings == 100
     generation = GenerationConfig.from_pretrained(folder)
     assert generation.eos_token_id == tokenizer.eos_token_id and generation.do_sample
@@ -97,7 +106,7 @@ def run(*args):
 
 def test_train_and_evaluate_commands(tmp_path, data):
     done = run("train", "--data", str(data), "--output-dir", str(tmp_path / "run"), "--size", "tiny",
-               "--vocab-size", "420", "--batch-size", "4", "--max-steps", "3", "--eval-fraction", "0.2")
+               "--vocab-size", "350", "--batch-size", "4", "--max-steps", "3", "--eval-fraction", "0.2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Trained on" in done.stdout and "masked_accuracy" in done.stdout
     evaluated = run("evaluate", str(tmp_path / "run"), "--data", str(data), "--json")
