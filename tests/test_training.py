@@ -109,6 +109,9 @@ def test_train_and_evaluate_commands(tmp_path, data):
                "--vocab-size", "350", "--batch-size", "4", "--max-steps", "3", "--eval-fraction", "0.2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Trained on" in done.stdout and "masked_accuracy" in done.stdout
+    assert "Evaluated on 0.2 of the conversations held out (seed 42):" in done.stdout
+    report = json.loads((tmp_path / "run" / "training_report.json").read_text())
+    assert report["data"]["eval_split"] == "0.2 of the conversations held out (seed 42)"
     evaluated = run("evaluate", str(tmp_path / "run"), "--data", str(data), "--json")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     result = json.loads(evaluated.stdout)
@@ -116,6 +119,9 @@ def test_train_and_evaluate_commands(tmp_path, data):
     assert result["data"]["used"] == 19 and result["metrics"]["targets"] > 100
     readable = run("evaluate", str(tmp_path / "run"), "--data", str(data))
     assert "masked_perplexity" in readable.stdout and readable.returncode == 0
+    builtin = run("evaluate", str(tmp_path / "run"), "--json")  # no --data: the built-in test split, named
+    assert builtin.returncode == 0, builtin.stderr[-3000:]
+    assert json.loads(builtin.stdout)["data"]["files"][0].endswith("korean_everyday_chat.test.jsonl")
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"conversations": []}\n{oops\n', encoding="utf-8")

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     result = train_with_arguments(model_args, data_args, training_args)
     train_report = result.data_report["train"]
     print(f"Trained on {train_report['used']} examples in {result.train_seconds:.0f} s -> {result.output_dir}")
+    if result.metrics:
+        print(f"Evaluated on {result.data_report['eval_split']}:")
     for name, value in result.metrics.items():
         if name.startswith("eval_") and isinstance(value, float):
             print(f"  {name[5:]:20s} {value:.4f}")
