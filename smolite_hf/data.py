@@ -71,7 +71,9 @@ def _parse_line(text: str, where: str) -> list[tuple[str, str]]:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConversationFormatError(f"{where}: not valid JSON ({err.msg} at column {err.colno}).") from None
+        # json's messages for a bad character end in " at" ("Invalid control character at"): one "at" before the column
+        reason = err.msg.removesuffix(" at")
+        raise ConversationFormatError(f"{where}: not valid JSON ({reason} at column {err.colno}).") from None
     return _parse_record(record, where)
 
 
