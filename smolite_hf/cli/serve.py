@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import loaded_model
+from ._options import check_device, loaded_model
 
 
 def register(commands) -> None:
@@ -25,6 +25,7 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     from ..serve import ServeLimits, serve
 
     limits = ServeLimits(max_message_chars=args.max_message_chars, max_new_tokens=args.max_new_tokens,
