@@ -46,7 +46,8 @@ from transformers.training_args import OptimizerNames
 
 from .configuration_smolite import SIZE_ALIASES, SIZE_PRESETS, SmoliteConfig
 from .data import BuildReport, read_conversation_data, load_conversation_dataset, split_conversations
-from .folders import check_model_folder, last_complete_checkpoint, load_model, load_tokenizer, replace_folder_contents
+from .folders import (SAVING_MARKER, check_model_folder, last_complete_checkpoint, load_model, load_tokenizer,
+                      replace_folder_contents)
 from .generation import smolite_generation_config
 from .metrics import compute_metrics, make_preprocess_logits_for_metrics
 from .modeling_smolite import SmoliteForCausalLM
@@ -491,7 +492,9 @@ def train_with_arguments(model_args: SmoliteModelArguments, data_args: SmoliteDa
             say(f"smolite train: no checkpoint in {output_dir} to resume from; starting from the beginning.")
     done_steps = _checkpoint_step(checkpoint) if checkpoint is not None else 0
     report_file = output_dir / "training_report.json"
-    if checkpoint is not None and done_steps >= total_steps and report_file.is_file():
+    final_saved = report_file.is_file() and not (output_dir / SAVING_MARKER).exists() and any(
+        (output_dir / name).is_file() for name in ("config.json", "adapter_config.json"))  # a save killed midway: redo
+    if checkpoint is not None and done_steps >= total_steps and final_saved:
         say(f"smolite train: nothing left to do: {checkpoint} is step {done_steps} of {total_steps} and the final "
             f"model is in {output_dir}; raise --max-steps or --epochs to train further.")
         previous = json.loads(report_file.read_text(encoding="utf-8"))
