@@ -62,10 +62,27 @@ class ReadReport:
     lines: int = 0
     conversations: int = 0
     skipped_lines: Counter = field(default_factory=Counter)  # reason -> count
+    first_skipped: list[str] = field(default_factory=list)  # "file, line N: the error" of the first few skipped
+
+    FIRST_SKIPPED = 3  # how many skipped lines are named
 
     def __str__(self) -> str:
         skipped = ", ".join(f"{count} {reason}" for reason, count in self.skipped_lines.items()) or "none"
         return f"{self.conversations} conversations from {self.lines} lines (bad lines skipped: {skipped})"
+
+    def skip(self, reason: str, error: str) -> None:
+        """Count a skipped line under `reason`; the first few are kept by name (`error` names file and line)."""
+        self.skipped_lines[reason] += 1
+        if len(self.first_skipped) < self.FIRST_SKIPPED:
+            self.first_skipped.append(error)
+
+    def skipped_summary(self, path) -> str | None:
+        """One line: how many lines of `path` were skipped, and the first few by line and error; `None` if none."""
+        total = sum(self.skipped_lines.values())
+        if not total:
+            return None
+        more = f" (first {len(self.first_skipped)})" if total > len(self.first_skipped) else ""
+        return f"skipped {total} bad line{'s' * (total > 1)} of {path}{more}: " + "; ".join(e.rstrip(".") for e in self.first_skipped)
 
     def as_dict(self) -> dict:
         return {"lines": self.lines, "skipped_lines": dict(self.skipped_lines)}
@@ -75,7 +92,9 @@ def _parse_line(text: str, where: str) -> list[tuple[str, str]]:
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ConversationFormatError(f"{where}: not valid JSON ({err.msg} at column {err.colno}).") from None
+        # json's messages for a bad character end in " at" ("Invalid control character at"): one "at" before the column
+        reason = err.msg.removesuffix(" at")
+        raise ConversationFormatError(f"{where}: not valid JSON ({reason} at column {err.colno}).") from None
     return _parse_record(record, where)
 
 
@@ -125,7 +144,7 @@ def read_conversations(path: str | os.PathLike, skip_bad_lines: bool = False) ->
                 if not skip_bad_lines:
                     raise error from None
                 report.lines += 1
-                report.skipped_lines["not UTF-8"] += 1
+                report.skip("not UTF-8", str(error))
                 continue
             if not text.strip():
                 continue
@@ -135,8 +154,8 @@ def read_conversations(path: str | os.PathLike, skip_bad_lines: bool = False) ->
             except ConversationFormatError as err:
                 if not skip_bad_lines:
                     raise
-                reason = str(err).split(": ", 1)[1].split(" (")[0].split(";")[0]
-                report.skipped_lines[reason] += 1
+                reason = str(err).split(": ", 1)[1].split(" (")[0].split(";")[0].rstrip(".")
+                report.skip(reason, str(err))
                 continue
             conversations.append(Conversation(messages, str(path), number))
     if report.lines == 0:
@@ -226,6 +245,7 @@ class BuildReport:
     used: int = 0
     truncated: int = 0  # used, with the reply cut to fit the window
     skipped: Counter = field(default_factory=Counter)  # reason -> count
+    bad_lines: list[str] = field(default_factory=list)  # per file with skipped lines: `ReadReport.skipped_summary`
 
     def __str__(self) -> str:
         skipped = ", ".join(f"{count} {reason}" for reason, count in self.skipped.items()) or "none"
@@ -352,6 +372,7 @@ def load_conversation_dataset(data, tokenizer, max_length: int | None = None, sk
     examples, report = build_examples(conversations, tokenizer, max_length=max_length, context_pairs=context_pairs)
     bad_lines = sum((r.skipped_lines for r in read_reports.values()), Counter())
     report.skipped.update({f"bad line: {reason}": count for reason, count in bad_lines.items()})
+    report.bad_lines = [line for path, r in read_reports.items() if (line := r.skipped_summary(path))]
     if not examples and not allow_empty:
         raise ConversationFormatError(f"no training example in {_describe(data)}: {report}")
     columns = ("input_ids", "labels", "source", "line", "pair_index")

@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +45,9 @@ from transformers.trainer_utils import IntervalStrategy, SchedulerType
 from transformers.training_args import OptimizerNames
 
 from .configuration_smolite import SIZE_ALIASES, SIZE_PRESETS, SmoliteConfig
-from .data import builtin_data_path, load_conversation_dataset, read_conversation_data, split_conversations
+from .data import BuildReport, builtin_data_path, load_conversation_dataset, read_conversation_data, split_conversations
 from .folders import (
+    SAVING_MARKER,
     WeightChecksumCallback,
     check_model_folder,
     last_complete_checkpoint,
@@ -266,10 +268,28 @@ def smolite_collator(tokenizer) -> DataCollatorForSeq2Seq:
     return DataCollatorForSeq2Seq(right_padded, label_pad_token_id=-100, padding="longest")
 
 
+class SmoliteTrainer(Trainer):
+    """`Trainer` that knows Smolite's tied head when it resumes.
+
+    A checkpoint holds the embedding once (`lm_head.weight` is tied to `model.embed_tokens.weight`, in
+    `_tied_weights_keys`); the Trainer only recognises keys in the older `_keys_to_ignore_on_save` and so warned
+    "There were missing keys in the checkpoint model loaded: ['lm_head.weight']" on every resume. Tied keys are
+    re-tied here and any other missing key is still reported."""
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        tied = set(getattr(base, "_tied_weights_keys", None) or {}) if base.config.tie_word_embeddings else set()
+        missing = [key for key in load_result.missing_keys if key.removeprefix("base_model.model.") not in tied]
+        if len(missing) < len(load_result.missing_keys):
+            base.tie_weights()
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
+
 def smolite_trainer(model, args: TrainingArguments, tokenizer, train_dataset=None, eval_dataset=None, callbacks=()):
-    """A `Trainer` set up for Smolite: dynamic padding, the seed's masked metrics, `LabelSmoothingGuard`, and
+    """A `SmoliteTrainer` set up for Smolite: dynamic padding, the seed's masked metrics, `LabelSmoothingGuard`, and
     `WeightChecksumCallback` (each checkpoint's `checksums.json`, which `--resume` verifies)."""
-    return Trainer(
+    return SmoliteTrainer(
         model=model,
         args=args,
         data_collator=smolite_collator(tokenizer),
@@ -301,17 +321,24 @@ def prepare_output_dir(args: SmoliteTrainingArguments) -> Path:
     return output_dir
 
 
-def read_training_data(data_args: SmoliteDataArguments, seed: int):
+def read_training_data(data_args: SmoliteDataArguments, seed: int, report_to_stdout: bool = False):
     """`(train_conversations, eval_conversations, file_reports, eval_split)`: `eval_data`; for the built-in data its
     fixed test split; otherwise `eval_fraction` of the conversations held out (by conversation, reproducibly).
-    `eval_split` says in words which of these it was."""
+    `eval_split` says in words which of these it was. With `report_to_stdout`, lines skipped by `skip_bad_lines` are
+    counted per file and the first few named (file, line, error)."""
     eval_data = data_args.eval_data
     if data_args.data is None and eval_data is None:
         eval_data = [str(builtin_data_path("test"))]
     conversations, reports = read_conversation_data(data_args.data, skip_bad_lines=data_args.skip_bad_lines)
     file_reports = [{"file": name, **report.as_dict()} for name, report in reports.items()]
     if eval_data is not None:
-        eval_conversations, _ = read_conversation_data(eval_data, skip_bad_lines=data_args.skip_bad_lines)
+        eval_conversations, eval_reports = read_conversation_data(eval_data, skip_bad_lines=data_args.skip_bad_lines)
+        reports = {**reports, **eval_reports}
+    if report_to_stdout:
+        for name, report in reports.items():
+            if summary := report.skipped_summary(name):
+                print(f"smolite train: {summary}")
+    if eval_data is not None:
         builtin = data_args.eval_data is None
         split = f"the built-in test split ({eval_data[0]})" if builtin else f"the evaluation files {', '.join(map(str, eval_data))}"
         return conversations, eval_conversations, file_reports, split
@@ -398,13 +425,15 @@ def prepare_datasets(train_conversations, eval_conversations, tokenizer, window:
 
 def resolve_schedule(args: SmoliteTrainingArguments, train_examples: int) -> None:
     """`save_steps` and `eval_steps` given as fractions of the run (below 1) become step counts, rounded down (at
-    least 1): a quarter of an 8-step run is 2 steps, of a 6-step run 1. (The Trainer would round up.)"""
+    least 1): a quarter of an 8-step run is 2 steps, of a 6-step run 1. (The Trainer would round up.) Returns the
+    run's total number of optimizer steps."""
     steps_per_epoch = max(1, -(-train_examples // (args.per_device_train_batch_size * args.gradient_accumulation_steps)))
     total_steps = args.max_steps if args.max_steps > 0 else max(1, int(steps_per_epoch * args.num_train_epochs))
     for name in ("save_steps", "eval_steps"):
         value = getattr(args, name)
         if 0 < value < 1:
             setattr(args, name, max(1, int(total_steps * value)))
+    return total_steps
 
 
 def save_final_model(trainer: Trainer, tokenizer, output_dir: Path, report: dict) -> None:
@@ -424,12 +453,22 @@ def save_final_model(trainer: Trainer, tokenizer, output_dir: Path, report: dict
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _build_report(report: dict) -> BuildReport:
+    return BuildReport(**{**report, "skipped": Counter(report["skipped"])})
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer steps done at a (complete) checkpoint, from its `trainer_state.json`."""
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
     metrics: dict
     data_report: dict
     train_seconds: float
+    trained: bool = True  # False: `resume` found the run already finished, and `metrics` are that run's
 
 
 def train_with_arguments(model_args: SmoliteModelArguments, data_args: SmoliteDataArguments,
@@ -442,7 +481,10 @@ def train_with_arguments(model_args: SmoliteModelArguments, data_args: SmoliteDa
     if pretrained is not None and Path(pretrained).exists():  # refuse a damaged folder before any work
         check_model_folder(pretrained, tokenizer=model_args.tokenizer is None, allow_pickle=model_args.allow_pickle)
     output_dir = prepare_output_dir(args)
-    train_conversations, eval_conversations, file_reports, eval_split = read_training_data(data_args, args.seed)
+    is_main = args.process_index == 0
+    say = print if is_main else (lambda *_: None)
+    train_conversations, eval_conversations, file_reports, eval_split = read_training_data(
+        data_args, args.seed, report_to_stdout=is_main)
 
     tokenizer = prepare_tokenizer(model_args, args, train_conversations)
     model = prepare_model(model_args, tokenizer, args.seed)
@@ -453,7 +495,10 @@ def train_with_arguments(model_args: SmoliteModelArguments, data_args: SmoliteDa
     where = [row["file"] for row in file_reports] or "the dataset"
     train_dataset, eval_dataset, data_report = prepare_datasets(train_conversations, eval_conversations, tokenizer,
                                                                 window, where, data_args.context_pairs)
-    resolve_schedule(args, len(train_dataset))
+    for part, name in (("train", "training"), ("eval", "evaluation")):  # the data report, as the run starts
+        if part == "train" or eval_dataset is not None:
+            say(f"smolite train: {name} data: {_build_report(data_report[part])}")
+    total_steps = resolve_schedule(args, len(train_dataset))
     if eval_dataset is None:
         args.eval_strategy = IntervalStrategy.NO
     trainer = smolite_trainer(model, args, tokenizer, train_dataset=train_dataset, eval_dataset=eval_dataset,
@@ -461,9 +506,20 @@ def train_with_arguments(model_args: SmoliteModelArguments, data_args: SmoliteDa
     checkpoint = None
     if args.resume:  # the main process removes incomplete checkpoints (with a message) before the others look
         with args.main_process_first(local=False, desc="the checkpoints"):
-            checkpoint = last_complete_checkpoint(output_dir, report=print if args.process_index == 0 else lambda _: None)
+            checkpoint = last_complete_checkpoint(output_dir, report=say)
         if checkpoint is None:
-            print(f"smolite train: no checkpoint in {output_dir} to resume from; starting from the beginning.")
+            say(f"smolite train: no checkpoint in {output_dir} to resume from; starting from the beginning.")
+    done_steps = _checkpoint_step(checkpoint) if checkpoint is not None else 0
+    report_file = output_dir / "training_report.json"
+    final_saved = report_file.is_file() and not (output_dir / SAVING_MARKER).exists() and any(
+        (output_dir / name).is_file() for name in ("config.json", "adapter_config.json"))  # a save killed midway: redo
+    if checkpoint is not None and done_steps >= total_steps and final_saved:
+        say(f"smolite train: nothing left to do: {checkpoint} is step {done_steps} of {total_steps} and the final "
+            f"model is in {output_dir}; raise --max-steps or --epochs to train further.")
+        previous = json.loads(report_file.read_text(encoding="utf-8"))
+        return TrainResult(output_dir, previous["metrics"], previous["data"], time.monotonic() - started, trained=False)
+    if checkpoint is not None:
+        say(f"smolite train: resuming from {checkpoint} (step {done_steps} of {total_steps}).")
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = trainer.evaluate() if eval_dataset is not None else {}
 
@@ -507,6 +563,7 @@ __all__ = [
     "LabelSmoothingGuard",
     "SmoliteDataArguments",
     "SmoliteModelArguments",
+    "SmoliteTrainer",
     "SmoliteTrainingArguments",
     "TRAIN_ARGUMENTS",
     "TrainResult",

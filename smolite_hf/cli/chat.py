@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..generation import GREEDY, PRESETS
-from ._options import loaded_model, seed
+from ._options import check_device, loaded_model, seed
 
 
 def register(commands) -> None:
@@ -15,7 +15,8 @@ def register(commands) -> None:
         help="chat with a model folder in the terminal (streamed replies)",
         description="Chat with a Smolite folder; replies stream as they are generated. The folder's "
         "generation_config.json (the seed's chat decoding: temperature 0.5, top-p 0.9, repetition penalty 1.1) is the "
-        "default. Type 'quit' or press Ctrl-C to leave.",
+        "default. /reset starts over; type 'quit' or press Ctrl-C to leave. A LoRA folder (smolite train --lora) loads "
+        "its base model with the adapter merged in (needs peft).",
     )
     parser.add_argument("--prompt", metavar="TEXT", help="answer this one message and exit")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="the original's decoding variants")
@@ -27,6 +28,10 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.prompt is not None and not args.prompt.strip():
+        raise ValueError('--prompt is empty: give the message to answer (--prompt "안녕하세요"), or leave --prompt out '
+                         "to chat interactively.")
+    check_device(args.device)
     from ..chat import chat
 
     overrides = dict(PRESETS[args.preset]) if args.preset else {}

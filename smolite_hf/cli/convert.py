@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..configuration_smolite import SmoliteConfig
+from ._options import require
 
 
 def register(commands) -> None:
@@ -32,6 +33,8 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.tokenizer is not None:
+        require("google.protobuf", "sentencepiece", "--tokenizer (reading a SentencePiece .model)")
     from ..convert_smolite_keras_to_hf import convert_keras_to_hf
 
     output_dir = convert_keras_to_hf(

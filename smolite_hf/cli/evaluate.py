@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..training import SmoliteTrainingArguments
 from ._options import allow_pickle, data_files, model_folder
@@ -29,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
     data = args.data or [str(builtin_data_path("test"))]
     metrics, report = evaluate_model(args.model_dir, data, batch_size=args.batch_size,
                                      skip_bad_lines=args.skip_bad_lines, allow_pickle=args.allow_pickle)
+    for line in report.bad_lines:  # which lines --skip-bad-lines skipped (stderr: stdout may be --json)
+        print(f"smolite evaluate: {line}", file=sys.stderr)
     if args.json:
         print(json.dumps({"metrics": metrics, "data": {"files": data, **report.as_dict()}}, ensure_ascii=False))
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import loaded_model
+from ._options import check_device, loaded_model
 
 
 def register(commands) -> None:
@@ -23,6 +23,7 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     from ..serving import main
 
     return main(args)

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from transformers import HfArgumentParser
 
 from ..training import TRAIN_ARGUMENTS
+from ._options import require
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -39,7 +41,16 @@ def run(args: argparse.Namespace) -> int:
     from ..training import train_with_arguments
 
     model_args, data_args, training_args = HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(vars(args), allow_extra_keys=True)
-    result = train_with_arguments(model_args, data_args, training_args)
+    if model_args.lora:
+        require("peft", "peft", "--lora")
+    try:
+        result = train_with_arguments(model_args, data_args, training_args)
+    except KeyboardInterrupt:
+        print(f"smolite train: interrupted; to continue from the latest checkpoint in {training_args.output_dir}, run "
+              "the same command with --resume.", file=sys.stderr)
+        return 130
+    if not result.trained:
+        return 0
     train_report = result.data_report["train"]
     print(f"Trained on {train_report['used']} examples in {result.train_seconds:.0f} s -> {result.output_dir}")
     if result.metrics:
