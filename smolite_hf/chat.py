@@ -172,4 +172,5 @@ def chat_loop(reply, read=input, write=print) -> int:
     return 0
 
 
-__all__ = ["BANNER", "ModelFolderError", "adapter_base", "chat", "chat_loop", "fit_to_window", "generate_reply", "load_chat_model", "prepare_generation"]
+__all__ = ["BANNER", "ModelFolderError", "adapter_base", "chat", "chat_loop", "fit_to_window", "generate_reply",
+           "load_chat_model", "prepare_generation"]

@@ -82,7 +82,8 @@ class ReadReport:
         if not total:
             return None
         more = f" (first {len(self.first_skipped)})" if total > len(self.first_skipped) else ""
-        return f"skipped {total} bad line{'s' * (total > 1)} of {path}{more}: " + "; ".join(e.rstrip(".") for e in self.first_skipped)
+        named = "; ".join(error.rstrip(".") for error in self.first_skipped)
+        return f"skipped {total} bad line{'s' * (total > 1)} of {path}{more}: {named}"
 
     def as_dict(self) -> dict:
         return {"lines": self.lines, "skipped_lines": dict(self.skipped_lines)}

@@ -119,11 +119,13 @@ def test_training_reports_its_data_skipped_lines_and_resumes_out_loud(tmp_path, 
     first = smolite("train", "--data", str(bad_data), "--output-dir", str(run), *TINY_FLAGS, "--max-steps", "1",
                     "--save-steps", "1", "--skip-bad-lines")
     assert first.returncode == 0, first.stderr[-3000:]
-    assert f"smolite train: skipped 4 bad lines of {bad_data} (first 3): {bad_data}, line 9: not valid JSON" in first.stdout
+    skipped = f"smolite train: skipped 4 bad lines of {bad_data} (first 3): {bad_data}, line 9: not valid JSON"
+    assert skipped in first.stdout
     assert "line 10: field 'messages' must be a list" in first.stdout and "line 11" in first.stdout
     assert "line 12" not in first.stdout
     report = json.loads((run / "training_report.json").read_text(encoding="utf-8"))["data"]["train"]
-    assert f"smolite train: training data: {report['used']} examples from {report['pairs']} message pairs" in first.stdout
+    used = f"smolite train: training data: {report['used']} examples from {report['pairs']} message pairs"
+    assert used in first.stdout
     assert "smolite train: evaluation data: " in first.stdout
 
     resumed = smolite("train", "--data", str(bad_data), "--output-dir", str(run), *TINY_FLAGS, "--max-steps", "3",

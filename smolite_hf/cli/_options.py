@@ -95,4 +95,5 @@ def check_device(device: str | None) -> None:
     raise ValueError(f"--device {device}: no such device here{build}; devices here: {', '.join(devices)}.")
 
 
-__all__ = ["allow_pickle", "available_devices", "check_device", "require", "data_files", "device_and_dtype", "loaded_model", "model_folder", "seed"]
+__all__ = ["allow_pickle", "available_devices", "check_device", "data_files", "device_and_dtype", "loaded_model",
+           "model_folder", "require", "seed"]
