@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install smolite_hf, train a small Smolite on the bundled Korean conversations,
-# then answer a prompt. About 6-10 minutes of training on 2 CPU cores (see the README). Override RUN_DIR or PROMPT.
+# then answer a prompt. 6-13 minutes of training on 2 CPU cores (see the README). Override RUN_DIR or PROMPT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
