@@ -119,7 +119,7 @@ def push_model(model_dir: str | os.PathLike, repo_id: str, *, private: bool = Fa
         except Exception as err:  # huggingface_hub raises HTTP, token, offline and connection errors of many types
             raise SmolitePushError(
                 f"could not upload {model_dir} to the Hub repository '{repo_id}': {type(err).__name__}: {err}. Check "
-                "your token (`huggingface-cli login` or HF_TOKEN, with write access) and your network; the local "
+                "your token (`hf auth login` or HF_TOKEN, with write access) and your network; the local "
                 "folder was not changed."
             ) from err
     return repo_id

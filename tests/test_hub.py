@@ -128,8 +128,9 @@ def test_the_card_reports_training_when_known(fake_hub, tmp_path):
 def test_a_failed_upload_says_what_to_check_and_changes_nothing(monkeypatch, converted_dir):
     monkeypatch.setattr(transformers_hub, "_hf_api", FakeHubApi(fail=ConnectionError("network is unreachable")))
     before = folder_digest(converted_dir)
-    with pytest.raises(SmolitePushError, match="could not upload .* 'someone/x': ConnectionError: network is unreachable. Check your token"):
+    with pytest.raises(SmolitePushError, match="could not upload .* 'someone/x': ConnectionError: network is unreachable. Check your token") as caught:
         push_model(converted_dir, "someone/x")
+    assert "`hf auth login`" in str(caught.value) and "huggingface-cli" not in str(caught.value)  # today's login command
     assert folder_digest(converted_dir) == before
 
 
