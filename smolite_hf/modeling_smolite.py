@@ -245,6 +245,17 @@ class SmolitePreTrainedModel(PreTrainedModel):
         "attentions": SmoliteAttention,
     }
 
+    def save_pretrained(self, *args, **kwargs):
+        """As `PreTrainedModel.save_pretrained`; a folder saved with remote code maps every Auto class Smolite has
+        (`AutoModel` too, which vLLM's and SGLang's transformers backends load), not only the saved model's own."""
+        if self._auto_class is not None:
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": "modeling_smolite.SmoliteModel",
+                "AutoModelForCausalLM": "modeling_smolite.SmoliteForCausalLM",
+            }
+        return super().save_pretrained(*args, **kwargs)
+
 
 class SmoliteModel(SmolitePreTrainedModel):
     def __init__(self, config: SmoliteConfig):

@@ -107,6 +107,31 @@ def test_sdpa_equals_eager(tiny_model, padded):
     torch.testing.assert_close(sdpa_logits, eager_logits, atol=1e-5, rtol=1e-5)
 
 
+def test_an_attention_function_registered_with_transformers_is_the_one_called(tiny_model):
+    """The contract of vLLM's and SGLang's transformers backends: `_supports_attention_backend`, and attention through
+    `AttentionInterface` with the forward's keyword arguments passed down to it."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    calls = []
+
+    def recording_attention(module, query, key, value, attention_mask, **kwargs):
+        calls.append((type(module).__name__, tuple(query.shape), kwargs.get("marker")))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("smolite_test_recording", recording_attention)
+    assert type(tiny_model)._supports_attention_backend
+    custom = copy.deepcopy(tiny_model)
+    custom.set_attn_implementation("smolite_test_recording")
+    ids = torch.randint(5, 99, (2, 10))
+    with torch.no_grad():
+        expected = tiny_model(ids).logits
+        got = custom(ids, marker="passed down").logits
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    layers = custom.config.num_hidden_layers
+    assert len(calls) == layers and all(c == ("SmoliteAttention", (2, 4, 10, 8), "passed down") for c in calls)
+
+
 def test_gradient_checkpointing_leaves_loss_and_gradients_unchanged(tiny_model):
     ids = torch.randint(5, 99, (2, 10))
     labels = ids.clone()

@@ -1,6 +1,7 @@
 """A saved folder loads with `trust_remote_code=True` where `smolite_hf` cannot be imported (Hub users), and trains
 there: the loss (`loss_smolite.py`, fused in training mode) travels with the model."""
 
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ REMOTE_LOAD = textwrap.dedent(
     import sys
     sys.modules["smolite_hf"] = None  # any `import smolite_hf` now raises ImportError
     import numpy as np, torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
     folder, out = sys.argv[1], sys.argv[2]
     try:
         import smolite_hf  # noqa: F401
@@ -38,7 +39,11 @@ REMOTE_LOAD = textwrap.dedent(
     trained = model(ids, labels=labels)  # the fused head-plus-loss of loss_smolite.py
     assert trained.logits is None
     trained.loss.backward()
-    np.savez(out, logits=logits.numpy(), generated=generated.numpy(), loss=loss.detach().numpy(),
+    base = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()  # the way people (and vLLM) load first
+    assert type(base).__name__ == "SmoliteModel" and type(base).__module__.startswith("transformers_modules.")
+    with torch.no_grad():
+        hidden = base(ids).last_hidden_state
+    np.savez(out, hidden=hidden.numpy(), logits=logits.numpy(), generated=generated.numpy(), loss=loss.detach().numpy(),
              train_loss=trained.loss.detach().numpy(), embed_grad=model.model.embed_tokens.weight.grad.numpy())
     """
 )
@@ -50,6 +55,8 @@ def test_trust_remote_code_load_without_the_package(tmp_path):
     folder = tmp_path / "smolite-remote"
     model.save_pretrained(folder)
     assert {"configuration_smolite.py", "modeling_smolite.py", "loss_smolite.py"} <= {p.name for p in folder.iterdir()}
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModel"] == "modeling_smolite.SmoliteModel" and "AutoModelForCausalLM" in auto_map
     script = tmp_path / "load.py"
     script.write_text(REMOTE_LOAD)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
@@ -62,6 +69,7 @@ def test_trust_remote_code_load_without_the_package(tmp_path):
     ids = torch.tensor([[2, 17, 33, 8, 91, 3]])
     with torch.no_grad():
         np.testing.assert_allclose(result["logits"], model(ids).logits.numpy(), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(result["hidden"], model.model(ids).last_hidden_state.numpy(), atol=1e-6, rtol=0)
         expected = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
     assert result["generated"].tolist() == expected.tolist()
     labels = torch.tensor([[-100, -100, -100, 8, 91, 3]])
