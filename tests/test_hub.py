@@ -69,7 +69,7 @@ def test_push_sends_one_commit_with_everything_a_remote_code_user_needs(fake_hub
     assert recorded == hashlib.sha256(fake_hub.files["model.safetensors"]).hexdigest()
     assert folder_digest(converted_dir) == before  # the local folder was only read
     config = json.loads(fake_hub.files["config.json"])
-    assert config["auto_map"] == {"AutoConfig": "configuration_smolite.SmoliteConfig",
+    assert config["auto_map"] == {"AutoConfig": "configuration_smolite.SmoliteConfig", "AutoModel": "modeling_smolite.SmoliteModel",
                                   "AutoModelForCausalLM": "modeling_smolite.SmoliteForCausalLM"}
     assert json.loads(fake_hub.files["tokenizer_config.json"])["auto_map"]["AutoTokenizer"][0] == "tokenization_smolite.SmoliteTokenizer"
     for name in ("configuration_smolite.py", "modeling_smolite.py", "loss_smolite.py", "tokenizer.json", "chat_template.jinja"):
