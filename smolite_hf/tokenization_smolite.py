@@ -237,6 +237,29 @@ class SentencePieceConversionError(ValueError):
     """The file is not a SentencePiece model that a `SmoliteTokenizer` reproduces exactly."""
 
 
+class VocabularySizeError(ValueError):
+    """The training text cannot give a tokenizer of the requested size: it forms at most `largest` pieces, or its
+    characters need at least `smallest`. `describe(option)` words the error for the setting the caller exposes (the
+    command line says `--vocab-size`)."""
+
+    def __init__(self, requested: int, *, largest: int | None = None, smallest: int | None = None):
+        self.requested, self.largest, self.smallest = requested, largest, smallest
+        super().__init__(self.describe("vocab_size"))
+
+    def describe(self, option: str) -> str:
+        if self.largest is not None:
+            return (
+                f"{option} {self.requested} is more than the training text supports: SentencePiece's trainer can form "
+                f"at most {self.largest} pieces from it; give more text or ask for {option} {self.largest} or less."
+            )
+        return (
+            f"{option} {self.requested} is too small for the training text: each of its distinct characters (after "
+            f"normalisation, with those of the special pieces' names) must be a piece, besides the "
+            f"{len(SPECIAL_PIECES)} special pieces, so the vocabulary needs at least {self.smallest} pieces; ask for "
+            f"{option} {self.smallest} or more."
+        )
+
+
 def read_sentencepiece_model(model_file: str | os.PathLike):
     """Parse a SentencePiece `ModelProto` (with transformers' bundled protobuf schema), with errors naming the file."""
     from transformers.convert_slow_tokenizer import import_protobuf
@@ -387,8 +410,8 @@ class SmoliteTokenizer(TokenizersBackend):
         every character of the text is a piece (`character_coverage` 1). The special pieces get fixed ids: `<pad>` 0
         (control), `<unk>` 1, `<start>` 2, `<sep>` 3, `<end>` 4 (user-defined), as in the released models; the
         characters of their names are pieces too, so that their literal text encodes as characters, as SentencePiece
-        does. Raises `ValueError` naming the largest vocabulary the text supports, or the smallest that holds its
-        characters, instead of returning another size. `length` is accepted for `train_new_from_iterator`'s sake.
+        does. Raises `VocabularySizeError` naming the largest vocabulary the text supports, or the smallest that holds
+        its characters, instead of returning another size. `length` is accepted for `train_new_from_iterator`'s sake.
         """
         import io
         import re
@@ -412,17 +435,9 @@ class SmoliteTokenizer(TokenizersBackend):
             most = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", str(err))
             least = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", str(err))
             if most:
-                raise ValueError(
-                    f"The training text supports at most {most.group(2)} pieces (all that SentencePiece's trainer can "
-                    f"form from it), fewer than vocab_size={vocab_size}; give more text or ask for at most {most.group(2)}."
-                ) from None
+                raise VocabularySizeError(vocab_size, largest=int(most.group(2))) from None
             if least:
-                raise ValueError(
-                    f"vocab_size={vocab_size} is too small for the training text: each of its distinct characters (after "
-                    f"normalisation, with those of the special pieces' names) must be a piece, besides the "
-                    f"{len(SPECIAL_PIECES)} special pieces, so the vocabulary needs at least {least.group(2)} pieces; "
-                    f"ask for at least {least.group(2)}."
-                ) from None
+                raise VocabularySizeError(vocab_size, smallest=int(least.group(2))) from None
             raise
         processor = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
         pieces = []

@@ -2,6 +2,7 @@
 training run that says what it does, clear JSONL errors, LoRA folders in `smolite chat`."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -103,6 +104,31 @@ def test_a_control_character_error_says_at_once(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------------ training
+
+
+@pytest.mark.parametrize("command", ["train", "train-tokenizer"])
+def test_a_vocabulary_the_data_cannot_support_names_the_option_and_the_largest_size(capsys, tmp_path, command):
+    data = keras_reference_file("conversations.jsonl")
+    code = main([command, "--data", str(data), "--output-dir", str(tmp_path / "out"), "--vocab-size", "100000",
+                 *(["--size", "tiny"] if command == "train" else [])])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    largest = int(re.search(r"at most (\d+) pieces", err).group(1))
+    assert "--vocab-size 100000 is more than the training text supports" in err
+    assert f"--vocab-size {largest} or less" in err and "vocab_size=" not in err
+    assert not (tmp_path / "out" / "tokenizer.json").exists()
+    # the size it names is one that trains
+    assert main(["train-tokenizer", "--data", str(data), "--output-dir", str(tmp_path / "tok"),
+                 "--vocab-size", str(largest)]) == 0
+    assert json.loads((tmp_path / "tok" / "tokenizer.json").read_text())["model"]["vocab"].__len__() == largest
+
+
+def test_a_vocabulary_too_small_for_the_characters_names_the_option_and_the_smallest_size(capsys, tmp_path):
+    code = main(["train-tokenizer", "--data", str(keras_reference_file("conversations.jsonl")), "--output-dir",
+                 str(tmp_path / "tok"), "--vocab-size", "40"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert re.search(r"--vocab-size 40 is too small .* ask for --vocab-size \d+ or more\.", err), err
 
 
 @pytest.fixture(scope="module")

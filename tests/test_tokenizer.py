@@ -18,6 +18,7 @@ from smolite_hf import SmoliteTokenizer
 from smolite_hf.tokenization_smolite import (
     SPECIAL_PIECES,
     SentencePieceConversionError,
+    VocabularySizeError,
     read_sentencepiece_model,
     sentencepiece_normalizer,
 )
@@ -361,11 +362,13 @@ def test_training_normalises_like_the_converted_tokenizer(tokenizer):
 
 
 def test_training_refuses_a_vocabulary_the_corpus_cannot_support_naming_the_largest_it_can():
-    with pytest.raises(ValueError, match=r"supports at most (\d+) pieces .*fewer than vocab_size=5000") as caught:
+    with pytest.raises(VocabularySizeError, match=r"vocab_size 5000 is more than .* at most (\d+) pieces") as caught:
         SmoliteTokenizer.train(training_texts(), vocab_size=5000)
     largest = int(re.search(r"at most (\d+) pieces", str(caught.value)).group(1))
+    assert (caught.value.requested, caught.value.largest) == (5000, largest)
+    assert f"vocab_size {largest} or less" in str(caught.value)
     assert len(SmoliteTokenizer.train(training_texts(), vocab_size=largest)) == largest  # the named size trains
-    with pytest.raises(ValueError, match=f"supports at most {largest} pieces"):
+    with pytest.raises(VocabularySizeError, match=f"at most {largest} pieces"):
         SmoliteTokenizer.train(training_texts(), vocab_size=largest + 1)
 
 
@@ -381,10 +384,11 @@ def test_training_refuses_a_vocabulary_too_small_for_the_characters_naming_the_b
     vocab_size" (what an earlier trainer, which silently returned more pieces than asked, led to)."""
     minimum = alphabet_size(training_texts()) + len(SPECIAL_PIECES)
     assert vocab_size < minimum
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(VocabularySizeError) as caught:
         SmoliteTokenizer.train(training_texts(), vocab_size=vocab_size)
     message = str(caught.value)
-    assert f"vocab_size={vocab_size} is too small" in message and f"needs at least {minimum} pieces" in message
+    assert f"vocab_size {vocab_size} is too small" in message and f"needs at least {minimum} pieces" in message
+    assert caught.value.smallest == minimum
     assert "fewer than" not in message
 
 

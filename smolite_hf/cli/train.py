@@ -38,6 +38,7 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..tokenization_smolite import VocabularySizeError
     from ..training import train_with_arguments
 
     model_args, data_args, training_args = HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(vars(args), allow_extra_keys=True)
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         require("peft", "peft", "--lora")
     try:
         result = train_with_arguments(model_args, data_args, training_args)
+    except VocabularySizeError as err:
+        raise ValueError(err.describe("--vocab-size")) from None
     except KeyboardInterrupt:
         print(f"smolite train: interrupted; to continue from the latest checkpoint in {training_args.output_dir}, run "
               "the same command with --resume.", file=sys.stderr)

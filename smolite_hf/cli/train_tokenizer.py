@@ -27,13 +27,16 @@ def register(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import read_texts
-    from ..tokenization_smolite import SmoliteTokenizer
+    from ..tokenization_smolite import SmoliteTokenizer, VocabularySizeError
 
     output_dir = Path(args.output_dir)
     if output_dir.is_dir() and any(output_dir.iterdir()) and not args.overwrite:
         raise ValueError(f"{output_dir}: the output folder exists and is not empty; pass --overwrite to replace it.")
     texts = list(read_texts(args.data, skip_bad_lines=args.skip_bad_lines))
-    tokenizer = SmoliteTokenizer.train(texts, vocab_size=args.vocab_size, model_max_length=args.model_max_length)
+    try:
+        tokenizer = SmoliteTokenizer.train(texts, vocab_size=args.vocab_size, model_max_length=args.model_max_length)
+    except VocabularySizeError as err:
+        raise ValueError(err.describe("--vocab-size")) from None
     tokenizer.save_pretrained(output_dir)
     print(f"Trained a {len(tokenizer)}-piece tokenizer on {len(texts)} texts -> {output_dir}")
     return 0
