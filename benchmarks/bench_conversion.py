@@ -2,6 +2,10 @@
 
     python benchmarks/bench_conversion.py
 
+Two figures: the conversion in this process (`convert_keras_to_hf`), and the command a user runs, `smolite convert
+--keras-weights FILE --output-dir DIR`, as a fresh process — beside the start-up such a process costs before it
+converts anything (`smolite --help`: the interpreter, torch and transformers imported).
+
 No seed-size Keras file is published with the fixtures, so one is written first in the original Keras 3 layout
 (tests/keras_files.py, the inverse of the converter) from a randomly initialised seed-size model. The conversion
 includes its own verification (the converted model's logits against a NumPy forward pass of the Keras weights).
@@ -9,6 +13,7 @@ includes its own verification (the converted model's logits against a NumPy forw
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,8 +41,21 @@ def main() -> None:
         seconds = time.perf_counter() - started
         converted = SmoliteForCausalLM.from_pretrained(Path(folder) / "converted")
         same = all(torch.equal(converted.state_dict()[k], v) for k, v in model.state_dict().items())
-    print(f"converted a seed-size Keras weights file ({size_mb:.0f} MB, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
-          f"parameters) in {seconds:.1f} s, verification included; weights identical to the source model: {same}")
+        command = [sys.executable, "-m", "smolite_hf", "convert", "--keras-weights", str(source), "--output-dir",
+                   str(Path(folder) / "by_command")]
+        command_seconds = timed(command)
+        startup_seconds = timed([sys.executable, "-m", "smolite_hf", "--help"])
+    parameters = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"converted a seed-size Keras weights file ({size_mb:.0f} MB, {parameters:.1f}M parameters) in {seconds:.1f} s "
+          f"in-process, verification included; weights identical to the source model: {same}")
+    print(f"the command `smolite convert --keras-weights FILE --output-dir DIR`: {command_seconds:.1f} s, of which the "
+          f"start-up of a smolite process (`smolite --help`) is {startup_seconds:.1f} s")
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ anything is timed. Both sides then train on the same seed-size work (vocabulary 
 64 x 100, 60 trained positions per row, dropout 0.1), each in a fresh process, taking turns, and the script prints
 seconds per step, trained tokens/s, the ratio, the CPU (model, AVX-512, avx512_bf16, AMX), the BLAS backends,
 thread counts and each framework's measured matrix-multiply speed. Smolite's step is the one `smolite train` runs:
-its defaults (`SmoliteTrainingArguments`: dtype, optimizer, clipping) with the model's default loss path.
+its defaults (`SmoliteTrainingArguments`: the precision it picks for this CPU, optimizer, clipping) with the model's
+default loss path; where that default is bfloat16 autocast, the float32 step (`--bf16 false`) is timed too. MFU is
+the model's work per second over the best matrix-multiply speed measured here for the row's dtype, by either
+framework (the hardware's reachable peak, not one library's).
 
     pip install -e ".[bench-keras]"        # TensorFlow and Keras: only for this benchmark
-    python benchmarks/bench_vs_keras.py [--rounds 4] [--steps 3] [--threads 2] [--smolite-dtype float32|bfloat16]
+    python benchmarks/bench_vs_keras.py [--rounds 4] [--steps 3] [--threads 2] [--smolite-dtype float32 bfloat16]
     python benchmarks/bench_vs_keras.py --check-only     # the parity check of the Keras re-implementation alone
 """
 
@@ -256,7 +259,7 @@ def smolite_worker(args) -> dict:
     torch.manual_seed(0)
     model = SmoliteForCausalLM(SmoliteConfig(**{k: v for k, v in SEED.items()})).train()  # dropout 0.1, the default
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8)  # the seed recipe
-    bf16 = args.smolite_dtype == "bfloat16"
+    bf16 = args.smolite_dtype[0] == "bfloat16"
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -295,8 +298,9 @@ def torch_matmul_speed() -> dict:
 
 
 def run_worker(side: str, args) -> dict:
-    command = [sys.executable, __file__, "--worker", side, "--steps", str(args.steps), "--batch", str(args.batch),
-               "--threads", str(args.threads), "--smolite-dtype", args.smolite_dtype]
+    worker, _, dtype = side.partition(":")  # "smolite:bfloat16": the Smolite step under bfloat16 autocast
+    command = [sys.executable, __file__, "--worker", worker, "--steps", str(args.steps), "--batch", str(args.batch),
+               "--threads", str(args.threads), "--smolite-dtype", dtype or "float32"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", OMP_NUM_THREADS=str(args.threads))
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -310,7 +314,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3, help="timed steps per turn, after one warm-up (default 3)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--smolite-dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--smolite-dtype", nargs="+", choices=["float32", "bfloat16"],
+                        help="Smolite step(s) to time (default: smolite train's default here, and float32 if that is "
+                        "not float32)")
     parser.add_argument("--check-only", action="store_true")
     parser.add_argument("--worker", choices=["keras", "smolite", "check"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -331,13 +337,18 @@ def main(argv=None):
     if args.check_only:
         return
 
-    times = {"keras": [], "smolite": []}
+    if not args.smolite_dtype:
+        default = default_training_dtype()
+        args.smolite_dtype = [default] + (["float32"] if default != "float32" else [])
+    print(f"smolite train's default precision here: {default_training_dtype()}")
+    sides = ["keras"] + [f"smolite:{dtype}" for dtype in args.smolite_dtype]
+    times = {side: [] for side in sides}
     last = {}
     for round_ in range(args.rounds):
-        for side in ("keras", "smolite") if round_ % 2 == 0 else ("smolite", "keras"):
+        for side in sides if round_ % 2 == 0 else sides[::-1]:
             last[side] = run_worker(side, args)
             times[side] += last[side]["times"]
-            print(f"  round {round_ + 1} {side:8s} " + " ".join(f"{t:.2f}" for t in last[side]["times"]) + " s/step",
+            print(f"  round {round_ + 1} {side:17s} " + " ".join(f"{t:.2f}" for t in last[side]["times"]) + " s/step",
                   flush=True)
 
     import torch
@@ -347,26 +358,38 @@ def main(argv=None):
           + f", oneDNN {'on' if torch.backends.mkldnn.is_available() else 'off'}; "
           f"TensorFlow {__import__('importlib.metadata').metadata.version('tensorflow-cpu') if _has('tensorflow-cpu') else '?'}"
           f" (oneDNN), Keras jit_compile={last['keras']['jit_compile']}")
-    for side in ("keras", "smolite"):
+    for side in sides:
         print(f"  {side} matmul: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in last[side]["matmul"].items()))
-    peak = max(max(last["keras"]["matmul"].values()), last["smolite"]["matmul"]["float32 2048^3"])
-    if args.smolite_dtype == "bfloat16":
-        peak_bf16 = last["smolite"]["matmul"]["bfloat16 2048^3"]
+    torch_speeds = [speed for side in sides[1:] for speed in [last[side]["matmul"]]]
+    peaks = {"float32": max(max(last["keras"]["matmul"].values()), *(m["float32 2048^3"] for m in torch_speeds)),
+             "bfloat16": max(m["bfloat16 2048^3"] for m in torch_speeds)}
     trained = args.batch * TRAINED_PER_ROW
     useful = step_flops(args.batch, args.batch * SEED["seq_len"])
-    print(f"\nseed size, batch {args.batch} x {SEED['seq_len']}, {TRAINED_PER_ROW} trained positions per row, dropout 0.1, "
-          f"{args.rounds} rounds x {args.steps} steps, median:")
+    print(f"\nseed size, batch {args.batch} x {SEED['seq_len']}, {TRAINED_PER_ROW} trained positions per row, "
+          f"dropout 0.1, {args.rounds} rounds x {args.steps} steps, median:")
     print(f"  {'':34s} {'s/step':>7s} {'trained tok/s':>14s} {'MFU':>6s} {'vs original':>12s}")
     medians = {side: statistics.median(t) for side, t in times.items()}
-    rows = [("original Keras train_on_batch", "keras", peak),
-            (f"Smolite ({args.smolite_dtype})", "smolite", peak_bf16 if args.smolite_dtype == "bfloat16" else peak)]
-    for name, side, row_peak in rows:
+    default = default_training_dtype()
+    rows = [("original Keras train_on_batch", "keras", "float32")]
+    rows += [(f"Smolite ({dtype}{', the default' if dtype == default else ''})", f"smolite:{dtype}", dtype)
+             for dtype in args.smolite_dtype]
+    for name, side, dtype in rows:
         seconds = medians[side]
-        print(f"  {name:34s} {seconds:7.2f} {trained / seconds:14.0f} {useful / seconds / row_peak:6.1%} "
+        print(f"  {name:34s} {seconds:7.2f} {trained / seconds:14.0f} {useful / seconds / peaks[dtype]:6.1%} "
               f"{medians['keras'] / seconds:11.2f}×")
     print(f"MFU: the model's work ({useful / 1e12:.2f} TFLOP per step, the head at every position) per second over the "
-          f"best measured matmul speed of the row's dtype ({peak / 1e9:.0f} GFLOP/s float32"
-          + (f", {peak_bf16 / 1e9:.0f} GFLOP/s bfloat16" if args.smolite_dtype == "bfloat16" else "") + ").")
+          f"best matmul speed measured here for the row's dtype, by either framework ({peaks['float32'] / 1e9:.0f} "
+          f"GFLOP/s float32, {peaks['bfloat16'] / 1e9:.0f} GFLOP/s bfloat16).")
+
+
+def default_training_dtype() -> str:
+    """The precision `smolite train` trains in on this machine by default."""
+    import tempfile
+
+    from smolite_hf.training import SmoliteTrainingArguments
+
+    with tempfile.TemporaryDirectory() as folder:
+        return "bfloat16" if SmoliteTrainingArguments(output_dir=folder).bf16 else "float32"
 
 
 def _has(distribution: str) -> bool:

@@ -65,45 +65,64 @@ def label_smoothed_causal_lm_loss(
 class _LinearSmoothedCrossEntropy(torch.autograd.Function):
     """Summed label-smoothed cross entropy of `hidden @ weight.T`, chunk by chunk, with the gradients made in forward.
 
-    For each chunk of rows the logits are computed in float32, the loss is `logsumexp(z) - (1 - eps) z_y - eps
-    mean(z)` and its gradient `softmax(z) - (1 - eps) onehot(y) - eps / V` is formed in place and multiplied back
-    into the gradients of `hidden` and `weight`; so no `(N, V)` tensor outlives its chunk and there is no separate
-    log-softmax backward.
+    Per target the loss is `logsumexp(z) - (1 - eps) z_y - eps mean_v(z)` and its gradient with respect to the logits
+    `softmax(z) - eps / V - (1 - eps) onehot(y)`. Only the softmax needs the `(rows, V)` logits: per chunk of rows they
+    are made once (in `compute_dtype`), and four passes over them — max, subtract, exp, sum — give the log-sum-exp and
+    the unnormalised softmax `e`, which is multiplied straight back into the gradients: `(e @ W) / sum(e)` and
+    `e.T @ (h / sum(e))`. Everything else is linear in the logits and is computed from `hidden` and `weight` without
+    them: `z_y = <h, W_y>`, `mean_v(z) = <h, mean_v(W)>`, and the gradient's constant and one-hot parts, `-(eps / V)
+    sum_v(W) - (1 - eps) W_y` for `hidden` and a row-wise update for `weight`. So no `(N, V)` tensor outlives its
+    chunk, there is no log-softmax backward, and the 72000-way head is passed over four times instead of nine. The
+    weight's gradient is accumulated in float32 whatever `compute_dtype` is.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, label_smoothing: float, chunk_rows: int):
+    def forward(ctx, hidden, weight, targets, label_smoothing: float, chunk_rows: int, compute_dtype):
         rows, vocab = hidden.shape[0], weight.shape[0]
+        eps = label_smoothing
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        h_all, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+        h32, w32 = hidden.float(), weight.float()
+        target_rows = w32[targets]  # (rows, d)
+        linear_part = (1.0 - eps) * (h32 * target_rows).sum(-1) + eps * (h32 @ w32.mean(0))  # (1-eps) z_y + eps mean z
+        total = -linear_part.sum()
+        grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        low_precision = compute_dtype != torch.float32
         for start in range(0, rows, chunk_rows):
-            h, y = hidden[start : start + chunk_rows], targets[start : start + chunk_rows, None]
-            logits = torch.matmul(h, weight.t()).float()  # (c, V)
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            loss = lse - (1.0 - label_smoothing) * logits.gather(1, y) - label_smoothing * logits.mean(-1, keepdim=True)
-            total += loss.sum()
-            if need_hidden or need_weight:
-                grad = logits.sub_(lse).exp_().sub_(label_smoothing / vocab)  # softmax - eps / V, in place
-                grad.scatter_add_(1, y, torch.full_like(y, -(1.0 - label_smoothing), dtype=grad.dtype))
-                grad = grad.to(h.dtype)
-                if need_hidden:
-                    torch.matmul(grad, weight, out=grad_hidden[start : start + chunk_rows])
-                if need_weight:
-                    if h.dtype == torch.float32:
-                        grad_weight.addmm_(grad.t(), h)
-                    else:
-                        grad_weight += torch.matmul(grad.t(), h).float()
+            h = h_all[start : start + chunk_rows]
+            logits = torch.matmul(h, w.t())  # (c, V)
+            row_max = logits.amax(-1, keepdim=True).float()
+            if low_precision:  # exp in float32, written back into the low-precision buffer the products read
+                e = torch.exp(torch.sub(logits, row_max), out=logits)
+                row_sum = e.sum(-1, keepdim=True, dtype=torch.float32)
+            else:
+                e = logits.sub_(row_max).exp_()
+                row_sum = e.sum(-1, keepdim=True)
+            total += (row_max + row_sum.log()).sum()
+            if need_hidden:
+                grad_hidden[start : start + chunk_rows] = torch.matmul(e, w).float().div_(row_sum)
+            if need_weight:
+                scaled = (h32[start : start + chunk_rows] / row_sum).to(compute_dtype)
+                if low_precision:
+                    grad_weight.add_(torch.matmul(e.t(), scaled))
+                else:
+                    grad_weight.addmm_(e.t(), scaled)
+        if need_hidden:  # the constant and one-hot parts of the logits' gradient
+            grad_hidden.sub_(target_rows, alpha=1.0 - eps).sub_(w32.sum(0), alpha=eps / vocab)
+        if need_weight:
+            grad_weight.index_add_(0, targets, h32, alpha=-(1.0 - eps)).sub_(h32.sum(0), alpha=eps / vocab)
         ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.dtypes = hidden.dtype, weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
-        grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype) if grad_hidden is not None else None
-        grad_weight = grad_weight * grad_output if grad_weight is not None else None
-        return grad_hidden, grad_weight, None, None, None
+        hidden_dtype, weight_dtype = ctx.dtypes
+        grad_hidden = (grad_hidden * grad_output).to(hidden_dtype) if grad_hidden is not None else None
+        grad_weight = (grad_weight * grad_output).to(weight_dtype) if grad_weight is not None else None
+        return grad_hidden, grad_weight, None, None, None, None
 
 
 def linear_smoothed_cross_entropy(
@@ -111,15 +130,16 @@ def linear_smoothed_cross_entropy(
     chunk_bytes: int = 1 << 28,
 ) -> torch.Tensor:
     """`F.cross_entropy(hidden @ weight.T, targets, label_smoothing=..., reduction="sum")` without holding the
-    `(N, V)` logits: chunks of `chunk_bytes` of float32 logits, gradients computed in the forward pass. Under
-    autocast the two matrix products run in the autocast dtype, the softmax in float32."""
+    `(N, V)` logits: chunks of at most `chunk_bytes` of float32 logits, gradients computed in the forward pass.
+    Under autocast the two matrix products per chunk run in the autocast dtype, the softmax in float32, and the
+    weight's gradient is accumulated in float32 for the float32 weight itself."""
     device_type = hidden.device.type
+    compute_dtype = hidden.dtype
     if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        compute_dtype = torch.get_autocast_dtype(device_type)
     chunk_rows = max(1, chunk_bytes // (4 * weight.shape[0]))
     with torch.autocast(device_type, enabled=False):
-        return _LinearSmoothedCrossEntropy.apply(hidden, weight, targets, label_smoothing, chunk_rows)
+        return _LinearSmoothedCrossEntropy.apply(hidden, weight, targets, label_smoothing, chunk_rows, compute_dtype)
 
 
 def fused_linear_causal_lm_loss(

@@ -44,7 +44,7 @@ def test_bench_decoding_agrees_with_the_original_loop_and_prints_the_bound():
     # the script itself asserts that cached generate() and the original loop choose the same tokens
     out = run_benchmark("bench_decoding.py", "--repeats", "1", "--new-tokens", "4", "--batches", "1")
     ratio(r"smolite / llama: +([\d.]+)x", out)
-    ratio(r"smolite / original loop: ([\d.]+)x", out)
+    ratio(r"smolite / original loop \(PyTorch re-implementation\): ([\d.]+)x", out)
     assert 0 < ratio(r"smolite reaches (\d+)% of it", out) <= 100
 
 
@@ -52,6 +52,8 @@ def test_bench_conversion_converts_a_seed_size_file_identically():
     out = run_benchmark("bench_conversion.py")
     assert re.search(r"converted a seed-size Keras weights file \(100 MB, 24\.9M parameters\) in [\d.]+ s", out), out
     assert "weights identical to the source model: True" in out
+    command, startup = map(float, re.search(r"DIR`: ([\d.]+) s, of which the start-up .* is ([\d.]+) s", out).groups())
+    assert 0 < startup < command
 
 
 def test_bench_eval_memory_measures_each_size_in_its_own_process():

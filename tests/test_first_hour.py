@@ -153,6 +153,14 @@ def test_training_reports_its_data_skipped_lines_and_resumes_out_loud(tmp_path, 
     used = f"smolite train: training data: {report['used']} examples from {report['pairs']} message pairs"
     assert used in first.stdout
     assert "smolite train: evaluation data: " in first.stdout
+    from smolite_hf.training import cpu_computes_bfloat16
+
+    native = cpu_computes_bfloat16()  # the default precision, and why, as the run starts and in the report
+    precision = (f"bfloat16 autocast with float32 weights and optimizer, which this CPU computes natively ({native})"
+                 if native else "float32")
+    assert f"smolite train: precision: {precision}" in first.stdout, first.stdout
+    saved = json.loads((run / "training_report.json").read_text(encoding="utf-8"))["precision"]
+    assert saved == ("bfloat16 autocast" if native else "float32")
 
     resumed = smolite("train", "--data", str(bad_data), "--output-dir", str(run), *TINY_FLAGS, "--max-steps", "3",
                       "--save-steps", "1", "--skip-bad-lines", "--resume")

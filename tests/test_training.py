@@ -84,7 +84,7 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, data):
     config = tmp_path / "no_dropout.json"  # dropout masks would differ between one batch of 8 and two of 4
     config.write_text(json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                                   "intermediate_size": 128, "adapter_size": 16, "hidden_dropout": 0.0}))
-    options = {**TINY, "batch_size": 8, "eval_fraction": 0.0, "config_file": config,
+    options = {**TINY, "batch_size": 8, "eval_fraction": 0.0, "config_file": config, "bf16": False,  # float32 sums
                "tokenizer": str(keras_reference_file("tokenizer.model"))}
     big = train(tmp_path / "big", data, max_steps=2, **options)
     options["batch_size"] = 4
@@ -142,6 +142,24 @@ def test_bf16_mixed_precision_training_keeps_float32_weights(tmp_path, data):
     assert torch.isfinite(torch.tensor(result.metrics["eval_loss"]))
     saved = load_file(result.output_dir / "model.safetensors")
     assert all(t.dtype == torch.float32 for t in saved.values())
+
+
+@pytest.mark.parametrize("amx, avx512_bf16", [(False, False), (False, True), (True, False)])
+def test_bf16_autocast_is_the_default_exactly_where_the_cpu_computes_it_natively(tmp_path, monkeypatch, amx,
+                                                                                 avx512_bf16):
+    from smolite_hf.training import SmoliteTrainingArguments, cpu_computes_bfloat16, precision_summary
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    native = amx or avx512_bf16
+    assert cpu_computes_bfloat16() == ("AMX" if amx else "avx512_bf16" if avx512_bf16 else None)
+    default = SmoliteTrainingArguments(output_dir=str(tmp_path))
+    assert default.bf16 is native and parsed_command("--output-dir", str(tmp_path))[2].bf16 is native
+    assert ("natively (AMX)" if amx else "natively (avx512_bf16)" if native else "float32") in precision_summary(default)
+    assert parsed_command("--output-dir", str(tmp_path), "--bf16", "false")[2].bf16 is False  # float32 one flag away
+    assert parsed_command("--output-dir", str(tmp_path), "--bf16")[2].bf16 is True
+    assert SmoliteTrainingArguments(output_dir=str(tmp_path), bf16=False).bf16 is False
 
 
 # -- options: declared once, shared by the command line and train() ----------------------------------------------
