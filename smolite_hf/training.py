@@ -82,6 +82,11 @@ class SmoliteModelArguments:
         default=None,
         metadata={"aliases": ["--config"], "metavar": "FILE", "help": "a JSON file of SmoliteConfig fields (instead of --size)"},
     )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"metavar": "FIELD=VALUE,...", "help": "SmoliteConfig fields changed in a model from scratch, as in "
+                  "transformers' run_clm.py: e.g. hidden_dropout=0,label_smoothing=0.05"},
+    )
     from_pretrained: str | None = field(
         default=None, metadata={"metavar": "DIR", "help": "fine-tune this model folder (or Hub id)"}
     )
@@ -407,6 +412,9 @@ def prepare_model(model_args: SmoliteModelArguments, tokenizer, seed: int):
     """The model to train: `from_pretrained`, or a new one from `config_file` or the `size` preset with the
     tokenizer's vocabulary and special ids (initialised after `set_seed(seed)`); wrapped in LoRA adapters with `lora`."""
     if model_args.from_pretrained is not None:
+        if model_args.config_overrides:
+            raise ValueError(f"--config-overrides {model_args.config_overrides}: it changes a model trained from scratch; "
+                             f"--from-pretrained {model_args.from_pretrained} keeps its own configuration.")
         model = load_model(model_args.from_pretrained, allow_pickle=model_args.allow_pickle)
         if model.config.vocab_size < len(tokenizer):
             raise ValueError(
@@ -428,6 +436,8 @@ def prepare_model(model_args: SmoliteModelArguments, tokenizer, seed: int):
             config = SmoliteConfig(**{**json.loads(Path(model_args.config_file).read_text(encoding="utf-8")), **fields})
         else:
             config = SmoliteConfig.from_size(model_args.size, **fields)
+        if model_args.config_overrides:
+            apply_config_overrides(config, model_args.config_overrides)
         set_seed(seed)
         model = SmoliteForCausalLM(config)
     if model_args.lora:
@@ -439,6 +449,20 @@ def prepare_model(model_args: SmoliteModelArguments, tokenizer, seed: int):
                        lora_dropout=model_args.lora_dropout, target_modules=model_args.lora_modules),
         )
     return model
+
+
+def apply_config_overrides(config: SmoliteConfig, overrides: str) -> None:
+    """`FIELD=VALUE,...` applied to `config` (`PretrainedConfig.update_from_string`), with errors naming the option."""
+    for item in overrides.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--config-overrides {overrides}: {item!r} is not FIELD=VALUE.")
+        if not hasattr(config, key.strip()):
+            raise ValueError(f"--config-overrides {overrides}: {key.strip()!r} is not a SmoliteConfig field.")
+        try:
+            config.update_from_string(f"{key.strip()}={value.strip()}")
+        except ValueError as err:
+            raise ValueError(f"--config-overrides {overrides}: {key.strip()}={value.strip()}: {err}") from None
 
 
 def prepare_datasets(train_conversations, eval_conversations, tokenizer, window: int, where, context_pairs: int = 0):

@@ -162,6 +162,24 @@ def test_bf16_autocast_is_the_default_exactly_where_the_cpu_computes_it_natively
     assert SmoliteTrainingArguments(output_dir=str(tmp_path), bf16=False).bf16 is False
 
 
+def test_config_overrides_change_a_model_from_scratch_and_bad_ones_are_named(tmp_path, data, capsys):
+    result = train(tmp_path / "run", data, max_steps=1, config_overrides="hidden_dropout=0,label_smoothing=0.05", **TINY)
+    saved = json.loads((result.output_dir / "config.json").read_text())
+    assert (saved["hidden_dropout"], saved["label_smoothing"], saved["hidden_size"]) == (0.0, 0.05, 64)
+    from smolite_hf.cli import main
+
+    for overrides, named in [("hidden_dropot=0", "'hidden_dropot' is not a SmoliteConfig field"),
+                             ("hidden_dropout", "'hidden_dropout' is not FIELD=VALUE"),
+                             ("hidden_dropout=abc", "hidden_dropout=abc: could not convert")]:
+        code = main(["train", "--data", str(data), "--output-dir", str(tmp_path / "bad"), "--size", "tiny",
+                     "--vocab-size", "350", "--config-overrides", overrides])
+        err = capsys.readouterr().err
+        assert code == 2 and f"--config-overrides {overrides}: {named}" in err, err
+    code = main(["train", "--output-dir", str(tmp_path / "ft"), "--from-pretrained", str(result.output_dir),
+                 "--data", str(data), "--config-overrides", "hidden_dropout=0.2"])
+    assert code == 2 and "keeps its own configuration" in capsys.readouterr().err
+
+
 # -- options: declared once, shared by the command line and train() ----------------------------------------------
 
 

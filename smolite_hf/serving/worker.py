@@ -416,10 +416,11 @@ class BatchedGenerator:
             at = torch.tensor(index, device=logits.device)
             scores[at] = members[0].processors(history, logits[at])
         greedy = scores.argmax(-1).tolist()
+        sampled = [i for i, row in enumerate(rows) if row.do_sample]
+        probs = dict(zip(sampled, torch.softmax(scores[sampled], dim=-1))) if sampled else {}  # one call, row by row
         for i, row in enumerate(rows):
-            if row.do_sample:
-                probs = torch.softmax(scores[i : i + 1], dim=-1)
-                token = int(torch.multinomial(probs, num_samples=1, generator=row.generator))
+            if row.do_sample:  # each row's own generator draws, as generate() draws for a request alone
+                token = int(torch.multinomial(probs[i][None], num_samples=1, generator=row.generator))
             else:
                 token = greedy[i]
             row.ids.append(token)
