@@ -67,13 +67,13 @@ class _LinearSmoothedCrossEntropy(torch.autograd.Function):
 
     Per target the loss is `logsumexp(z) - (1 - eps) z_y - eps mean_v(z)` and its gradient with respect to the logits
     `softmax(z) - eps / V - (1 - eps) onehot(y)`. Only the softmax needs the `(rows, V)` logits: per chunk of rows they
-    are made once (in `compute_dtype`), and four passes over them — max, subtract, exp, sum — give the log-sum-exp and
-    the unnormalised softmax `e`, which is multiplied straight back into the gradients: `(e @ W) / sum(e)` and
-    `e.T @ (h / sum(e))`. Everything else is linear in the logits and is computed from `hidden` and `weight` without
-    them: `z_y = <h, W_y>`, `mean_v(z) = <h, mean_v(W)>`, and the gradient's constant and one-hot parts, `-(eps / V)
+    are made once (in `compute_dtype`), one fused `log_softmax` (float32, row by row in cache) and one `exp_` give
+    the log-sum-exp `z_y - log p_y` and the softmax, which is multiplied straight back into the gradients (`p @ W`,
+    `p.T @ h`). Everything else is linear in the logits and is computed from `hidden` and `weight` without them:
+    `z_y = <h, W_y>`, `mean_v(z) = <h, mean_v(W)>`, and the gradient's constant and one-hot parts, `-(eps / V)
     sum_v(W) - (1 - eps) W_y` for `hidden` and a row-wise update for `weight`. So no `(N, V)` tensor outlives its
-    chunk, there is no log-softmax backward, and the 72000-way head is passed over four times instead of nine. The
-    weight's gradient is accumulated in float32 whatever `compute_dtype` is.
+    chunk and there is no log-softmax backward. The weight's gradient is accumulated in float32 whatever
+    `compute_dtype` is.
     """
 
     @staticmethod
@@ -91,23 +91,20 @@ class _LinearSmoothedCrossEntropy(torch.autograd.Function):
         low_precision = compute_dtype != torch.float32
         for start in range(0, rows, chunk_rows):
             h = h_all[start : start + chunk_rows]
+            y = targets[start : start + chunk_rows, None]
             logits = torch.matmul(h, w.t())  # (c, V)
-            row_max = logits.amax(-1, keepdim=True).float()
-            if low_precision:  # exp in float32, written back into the low-precision buffer the products read
-                e = torch.exp(torch.sub(logits, row_max), out=logits)
-                row_sum = e.sum(-1, keepdim=True, dtype=torch.float32)
-            else:
-                e = logits.sub_(row_max).exp_()
-                row_sum = e.sum(-1, keepdim=True)
-            total += (row_max + row_sum.log()).sum()
+            log_probs = torch.log_softmax(logits.float() if low_precision else logits, dim=-1)  # float32, row by row
+            total += (logits.gather(1, y).float() - log_probs.gather(1, y)).sum()  # the log-sum-exp: z_y - log p_y
+            p = log_probs.exp_()  # the softmax
+            if low_precision:  # back into the low-precision buffer that the two products read
+                p = logits.copy_(p)
             if need_hidden:
-                grad_hidden[start : start + chunk_rows] = torch.matmul(e, w).float().div_(row_sum)
+                grad_hidden[start : start + chunk_rows] = torch.matmul(p, w)
             if need_weight:
-                scaled = (h32[start : start + chunk_rows] / row_sum).to(compute_dtype)
                 if low_precision:
-                    grad_weight.add_(torch.matmul(e.t(), scaled))
+                    grad_weight.add_(torch.matmul(p.t(), h))
                 else:
-                    grad_weight.addmm_(e.t(), scaled)
+                    grad_weight.addmm_(p.t(), h)
         if need_hidden:  # the constant and one-hot parts of the logits' gradient
             grad_hidden.sub_(target_rows, alpha=1.0 - eps).sub_(w32.sum(0), alpha=eps / vocab)
         if need_weight:
