@@ -18,7 +18,8 @@ TRAIN = textwrap.dedent(
     from smolite_hf.training import train
     output_dir, data, config, tokenizer, batch_size = sys.argv[1:6]
     train(output_dir, data, config_file=config, tokenizer=tokenizer, batch_size=int(batch_size), max_steps=2,
-          eval_fraction=0.0, learning_rate=1e-3, logging_steps=1, disable_tqdm=True, seed=7)
+          eval_fraction=0.0, learning_rate=1e-3, logging_steps=1, disable_tqdm=True, seed=7,
+          bf16=False)  # float32: bfloat16 would round the two halves of the batch differently from the whole
     """
 )
 
