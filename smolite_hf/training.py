@@ -21,6 +21,7 @@ help texts; `train()` takes the fields by name or by their command-line names (`
 applies it to unshifted labels, silently training the model to copy its input; `LabelSmoothingGuard` refuses it.
 """
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -586,7 +587,23 @@ def train_with_arguments(model_args: SmoliteModelArguments, data_args: SmoliteDa
     if trainer.is_world_process_zero():
         save_final_model(trainer, tokenizer, output_dir, {"metrics": metrics, "data": data_report, "precision": precision,
                                                             "train_seconds": elapsed})
+    trainer.accelerator.wait_for_everyone()  # under torchrun no process returns before the final model is in place
     return TrainResult(output_dir, metrics, data_report, elapsed)
+
+
+@contextlib.contextmanager
+def own_process_group():
+    """Destroy, on leaving, a `torch.distributed` process group started inside the block (under torchrun the
+    training arguments start one). A process that exits with the group alive can abort in gloo's teardown
+    ("terminate called without an active exception") and fail the whole launch; a group the caller started is
+    left alone."""
+    distributed = torch.distributed.is_available()
+    started_before = distributed and torch.distributed.is_initialized()
+    try:
+        yield
+    finally:
+        if distributed and not started_before and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def train(output_dir: str | os.PathLike, data=None, *, callbacks: list | None = None, **options) -> TrainResult:
@@ -612,8 +629,9 @@ def train(output_dir: str | os.PathLike, data=None, *, callbacks: list | None = 
     `gradient_checkpointing=True` recomputes activations in the backward pass to save memory. `callbacks` are added
     to the Trainer's.
     """
-    model_args, data_args, args = parse_train_options(output_dir=str(output_dir), data=data, **options)
-    return train_with_arguments(model_args, data_args, args, callbacks=callbacks)
+    with own_process_group():
+        model_args, data_args, args = parse_train_options(output_dir=str(output_dir), data=data, **options)
+        return train_with_arguments(model_args, data_args, args, callbacks=callbacks)
 
 
 __all__ = [
@@ -626,6 +644,7 @@ __all__ = [
     "TrainResult",
     "cpu_computes_bfloat16",
     "option_names",
+    "own_process_group",
     "parse_train_options",
     "prepare_datasets",
     "prepare_model",

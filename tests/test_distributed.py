@@ -14,12 +14,17 @@ from .conftest import keras_reference_file
 
 TRAIN = textwrap.dedent(
     """
-    import sys
+    import os, sys
+    from pathlib import Path
+    import torch
     from smolite_hf.training import train
     output_dir, data, config, tokenizer, batch_size = sys.argv[1:6]
     train(output_dir, data, config_file=config, tokenizer=tokenizer, batch_size=int(batch_size), max_steps=2,
           eval_fraction=0.0, learning_rate=1e-3, logging_steps=1, disable_tqdm=True, seed=7,
           bf16=False)  # float32: bfloat16 would round the two halves of the batch differently from the whole
+    # every process returns only once the final model is saved, and without the process group train() started
+    print(f"rank {os.environ.get('RANK', 0)}: final model {(Path(output_dir) / 'model.safetensors').is_file()}, "
+          f"process group {torch.distributed.is_initialized()}")
     """
 )
 
@@ -47,6 +52,8 @@ def test_two_process_run_matches_one_process(tmp_path):
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert double.returncode == 0, double.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank}: final model True, process group False" in double.stdout, double.stdout[-2000:]
 
     one = json.loads((tmp_path / "one" / "checkpoint-2" / "trainer_state.json").read_text())
     two = json.loads((tmp_path / "two" / "checkpoint-2" / "trainer_state.json").read_text())

@@ -38,6 +38,13 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..training import own_process_group
+
+    with own_process_group():  # parsing the arguments starts torchrun's process group; it ends with the command
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from ..tokenization_smolite import VocabularySizeError
     from ..training import train_with_arguments
 
