@@ -1,17 +1,19 @@
 """Load test of `smolite serve`: the batched server against one-at-a-time, at 1, 8 and 32 concurrent clients.
 
-    python benchmarks/load_serve.py runs/quickstart --seed-size --clients 1 8 32 --seconds 15
+    python benchmarks/load_serve.py runs/quickstart --seed-size --clients 1 8 32 --seconds 8 --rounds 3
 
 For each model — the folders given, and with `--seed-size` a seed-size Smolite with random weights (vocabulary
-72000, hidden 256, 6 layers; the tokenizer of the first folder) — and for each mode — `batched` (`--max-running 16`,
-the default) and `one-at-a-time` (`--max-running 1`, the same server decoding one request at a time) — it starts
-`smolite serve` as its own process (so its memory is measured alone) and runs each client count for `--seconds`:
+72000, hidden 256, 6 layers; the tokenizer of the first folder) — it starts `smolite serve` in two modes, each as its
+own process (so its memory is measured alone): `batched` (`--max-running 16`, the default) and `one-at-a-time`
+(`--max-running 1`, the same server decoding one request at a time). For each client count the two modes take turns
+for `--rounds` runs each of `--seconds` (ABBA order, so that a machine slowing down or speeding up weighs on both):
 every client streams `POST /v1/chat/completions` requests (the folder's sampling settings, `max_tokens`
-`--max-new-tokens`, usage included) back to back. Reported per run: aggregate generated tokens/s (the usage counts
-over the run's wall time), time to first content chunk and end-to-end latency (p50/p99), errors (a non-200 answer,
-an error chunk, or a stream without `[DONE]`), and the server's resident memory at the start and end. Then, once
-per server, malformed requests (oversized query, invalid UTF-8, bad numbers, unknown fields, bad JSON) must each
-get a 4xx naming the field, and the server must still answer afterwards.
+`--max-new-tokens`, usage included) back to back. Reported per mode and client count, over its rounds: aggregate
+generated tokens/s (the usage counts over the runs' wall time), time to first content chunk and end-to-end latency
+(p50/p99), errors (a non-200 answer, an error chunk, or a stream without `[DONE]`), and the server's resident memory
+at the start and end; and the ratio batched / one-at-a-time, the median of the rounds' ratios (each round's two runs
+are next to each other in time). Then, once per server, malformed requests (oversized query, invalid UTF-8, bad
+numbers, unknown fields, bad JSON) must each get a 4xx naming the field, and the server must still answer afterwards.
 
 `--json` prints one JSON object as the last line (`runs`: one entry per model, mode and client count; top-level
 totals for the smoke test in `tests/test_benchmarks.py`).
@@ -26,6 +28,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,6 +197,22 @@ async def load(server: Server, clients: int, seconds: float, max_tokens: int, te
     }
 
 
+def combine(parts: list[dict]) -> dict:
+    """One mode's runs at one client count (its rounds) as one: sums, and percentiles over all their requests."""
+    seconds, tokens = sum(p["seconds"] for p in parts), sum(p["tokens"] for p in parts)
+    ttft, e2e = [t for p in parts for t in p["_ttft"]], [t for p in parts for t in p["_e2e"]]
+    return {
+        "clients": parts[0]["clients"], "rounds": len(parts), "seconds": round(seconds, 1),
+        "requests": sum(p["requests"] for p in parts), "errors": sum(p["errors"] for p in parts),
+        "error_examples": [e for p in parts for e in p["error_examples"]][:3], "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+        "ttft_p50_s": percentile(ttft, 0.5), "ttft_p99_s": percentile(ttft, 0.99),
+        "e2e_p50_s": percentile(e2e, 0.5), "e2e_p99_s": percentile(e2e, 0.99),
+        "rss_mib_start": parts[0]["rss_mib_start"], "rss_mib_end": parts[-1]["rss_mib_end"],
+        "rss_mib_max": max(p["rss_mib_max"] for p in parts), "_ttft": ttft, "_e2e": e2e,
+    }
+
+
 MALFORMED = [
     ("GET", {"message": "가" * 7_000}, None, "message"),  # an oversized query (63 KB encoded; httpx caps URLs at 64 KB)
     ("GET", "message=%ff%fe%fd", None, "message"),  # invalid UTF-8
@@ -245,6 +264,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each mode per client count, the modes taking turns (the ratio: their median)")
     parser.add_argument("--max-new-tokens", type=int, default=30, help="max_tokens of every request")
     parser.add_argument("--temperature", type=float,
                         help="every request's temperature (0: greedy; default: the folder's sampling settings)")
@@ -266,16 +287,25 @@ def main() -> int:
         print(f"CPU: {machine['cpu']} ({machine['cores']} cores; servers with {machine['torch_threads']} torch threads, "
               f"torch {machine['torch']}); replies of up to {args.max_new_tokens} tokens, {args.seconds:g} s per run, "
               f"temperature {'of the folder' if args.temperature is None else args.temperature}")
-    runs, bad, alive = [], [], True
+    runs, rounds, bad, alive = [], [], [], True
     try:
         for label, folder in folders:
-            for mode in args.modes:
-                server = Server(folder, MODES[mode], args.threads)
-                try:
-                    asyncio.run(load(server, max(args.clients), 2.0, args.max_new_tokens, args.temperature))  # warm up, 2 s
-                    for clients in args.clients:
-                        run = asyncio.run(load(server, clients, args.seconds, args.max_new_tokens, args.temperature))
-                        run.update(model=label, mode=mode)
+            servers = {mode: Server(folder, MODES[mode], args.threads) for mode in args.modes}  # idle ones cost nothing
+            try:
+                for server in servers.values():
+                    asyncio.run(load(server, max(args.clients), 2.0, args.max_new_tokens, args.temperature))  # warm up
+                for clients in args.clients:
+                    parts: dict[str, list[dict]] = {mode: [] for mode in args.modes}
+                    for round_ in range(args.rounds):  # the modes take turns, in ABBA order, against the drift
+                        for mode in (args.modes if round_ % 2 == 0 else args.modes[::-1]):
+                            parts[mode].append(asyncio.run(load(servers[mode], clients, args.seconds,
+                                                                args.max_new_tokens, args.temperature)))
+                    if len(parts) == 2 and all(p["tokens_per_s"] for p in parts["one-at-a-time"]):
+                        ratios = [b["tokens_per_s"] / o["tokens_per_s"]
+                                  for b, o in zip(parts["batched"], parts["one-at-a-time"])]
+                        rounds.append({"model": label, "clients": clients, "ratios": [round(r, 2) for r in ratios]})
+                    for mode, measured in parts.items():
+                        run = dict(combine(measured), model=label, mode=mode)
                         runs.append(run)
                         if not args.json:
                             print(f"  {label:28s} {mode:14s} {clients:3d} clients: {run['tokens_per_s']:7.1f} tokens/s, "
@@ -283,20 +313,17 @@ def main() -> int:
                                   f"{run['e2e_p50_s']} s p99 {run['e2e_p99_s']} s, {run['requests']} requests, "
                                   f"{run['errors']} errors, RSS {run['rss_mib_start']} -> {run['rss_mib_end']} MiB",
                                   flush=True)
+                for mode, server in servers.items():
                     bad += [dict(result, model=label, mode=mode) for result in malformed(server.url)]
                     alive &= httpx.get(f"{server.url}/health", timeout=30).json().get("status") == "ok"
-                finally:
+            finally:
+                for server in servers.values():
                     server.stop()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    speedups = []
-    for label, _ in folders:
-        for clients in args.clients:
-            pair = {r["mode"]: r for r in runs if r["model"] == label and r["clients"] == clients}
-            if len(pair) == 2 and pair["one-at-a-time"]["tokens_per_s"]:
-                speedups.append({"model": label, "clients": clients,
-                                 "speedup": round(pair["batched"]["tokens_per_s"] / pair["one-at-a-time"]["tokens_per_s"], 2)})
+    speedups = [{"model": r["model"], "clients": r["clients"], "speedup": round(statistics.median(r["ratios"]), 2),
+                 "rounds": r["ratios"]} for r in rounds]
     ttfts = [t for r in runs for t in r.pop("_ttft")]
     e2es = [t for r in runs for t in r.pop("_e2e")]
     report = {
@@ -317,7 +344,8 @@ def main() -> int:
                   f"{r['ttft_p99_s']} s | {r['e2e_p50_s']} / {r['e2e_p99_s']} s | {r['requests']} | {r['errors']} | "
                   f"{r['rss_mib_start']:.0f} → {r['rss_mib_end']:.0f} MiB |")
         for s in speedups:
-            print(f"batched / one-at-a-time, {s['model']}, {s['clients']} clients: {s['speedup']}x tokens/s")
+            print(f"batched / one-at-a-time, {s['model']}, {s['clients']} clients: {s['speedup']}x tokens/s "
+                  f"(median of the rounds: {', '.join(f'{r}x' for r in s['rounds'])})")
         print(f"malformed requests: {report['malformed_answered_4xx_naming_the_field']}/{report['malformed_requests']} "
               f"answered 4xx naming the field; servers alive after: {alive}")
         for failure in report["malformed_failures"]:

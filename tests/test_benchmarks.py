@@ -64,10 +64,13 @@ def test_bench_eval_memory_measures_each_size_in_its_own_process():
 
 
 def test_load_serve_reports_no_errors_and_every_malformed_request_refused(converted_dir):
-    out = run_benchmark("load_serve.py", str(converted_dir), "--clients", "2", "--seconds", "3",
+    out = run_benchmark("load_serve.py", str(converted_dir), "--clients", "2", "--seconds", "2", "--rounds", "2",
                         "--max-new-tokens", "3", "--json")
     report = json.loads(out.strip().splitlines()[-1])
     assert report["requests"] > 0 and report["errors"] == 0
+    assert [run["rounds"] for run in report["runs"]] == [2, 2]  # both modes, two turns each
+    (speedup,) = report["speedups"]
+    assert len(speedup["rounds"]) == 2 and min(speedup["rounds"]) <= speedup["speedup"] <= max(speedup["rounds"])
     assert report["malformed_requests"] >= 10
     assert report["malformed_answered_4xx_naming_the_field"] == report["malformed_requests"]
     assert report["server_alive_after"] is True
