@@ -1,9 +1,13 @@
 """Smolite vs transformers' LlamaForCausalLM at the same size, measured in one run.
 
-Both models: vocabulary 72000, hidden 256, 6 layers, 8 heads, intermediate 1024, tied embeddings, float32, sdpa.
+Both models: vocabulary 72000, hidden 256, 6 layers, 8 heads, intermediate 1024, tied embeddings, float32, sdpa,
+each with its own defaults: Smolite trains with its dropout 0.1 (what `smolite train` uses), Llama has no dropout.
 Prints the median time of a training step (64 x 100 batch, half the positions masked out of the loss, Adam step
-included) and greedy decoding tokens/s at batch 1 (60 new tokens, KV cache), and the ratios Smolite / Llama.
-The two models are measured alternately, so that machine noise hits both alike.
+included) in float32 and under bfloat16 autocast, and greedy decoding tokens/s at batch 1 (60 new tokens, KV
+cache), and the ratios Smolite / Llama. The two models are measured alternately, so that machine noise hits both
+alike. MFU is the work the step needs — the layers at every position, the output head at the 3200 positions that
+have a target — per second, over the best matrix-multiply speed measured in the run for the dtype (float32: torch's
+BLAS or its oneDNN path, whichever is faster on this CPU); the CPU model and features are printed with it.
 
     python benchmarks/bench_vs_llama.py [--repeats 5] [--batch 64] [--threads N]
 """
@@ -11,13 +15,13 @@ The two models are measured alternately, so that machine noise hits both alike.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from bench_vs_keras import cpu_description  # the CPU model and features, printed alike by both benchmarks
 from smolite_hf import SmoliteConfig, SmoliteForCausalLM
 
 SIZES = dict(vocab_size=72000, hidden_size=256, num_hidden_layers=6, num_attention_heads=8, intermediate_size=1024)
@@ -25,7 +29,7 @@ SIZES = dict(vocab_size=72000, hidden_size=256, num_hidden_layers=6, num_attenti
 
 def build_models():
     torch.manual_seed(0)
-    smolite = SmoliteForCausalLM(SmoliteConfig(**SIZES, hidden_dropout=0.0))
+    smolite = SmoliteForCausalLM(SmoliteConfig(**SIZES))  # hidden_dropout 0.1, the default users train with
     llama = LlamaForCausalLM(
         LlamaConfig(**SIZES, max_position_embeddings=128, tie_word_embeddings=True, pad_token_id=0, bos_token_id=2, eos_token_id=4)
     )
@@ -100,6 +104,23 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> floa
     return 2 * n**3 * count / (time.perf_counter() - start)
 
 
+def onednn_linear_peak(n: int = 2048, seconds: float = 2.0) -> float:
+    """Measured FLOP/s of float32 n x n x n products through oneDNN (`torch.utils.mkldnn`, inference only): on CPUs
+    where MKL takes a slow path it is the faster of torch's two float32 libraries."""
+    import torch.utils.mkldnn  # not imported by `import torch`
+
+    linear = torch.nn.Linear(n, n, bias=False).eval()
+    with torch.no_grad():
+        onednn = torch.utils.mkldnn.to_mkldnn(linear)
+        x = torch.randn(n, n).to_mkldnn()
+        onednn(x)
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            onednn(x)
+            count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
 def step_flops(batch: int, seq_len: int = 100, head_positions: int | None = None) -> float:
     """Forward + backward FLOPs (3x forward) of one training step; the head at `head_positions` (default: all)."""
     d, layers, ff, vocab = SIZES["hidden_size"], SIZES["num_hidden_layers"], SIZES["intermediate_size"], SIZES["vocab_size"]
@@ -120,12 +141,18 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+    cpu = cpu_description()
+    features = ", ".join(name for name in ("avx512f", "avx512_bf16", "amx") if cpu[name]) or "no AVX-512"
+    print(f"machine: {cpu['model']} ({cpu['cores']} cores; {features}), {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}")
-    peak = {"float32": matmul_peak(torch.float32)}
+    float32 = {"BLAS matmul": matmul_peak(torch.float32)}
+    if torch.backends.mkldnn.is_available():
+        float32["oneDNN linear"] = onednn_linear_peak()
+    peak = {"float32": max(float32.values())}
     if not args.no_bf16:
         peak["bfloat16"] = matmul_peak(torch.bfloat16)
-    print("measured matmul peak: " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peak.items()))
+    print("measured matmul peak (2048^3): float32 " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in float32.items())
+          + (f"; bfloat16 {peak['bfloat16'] / 1e9:.0f}" if "bfloat16" in peak else "") + " GFLOP/s")
 
     models = build_models()
     batch = training_batch(args.batch)
@@ -139,16 +166,16 @@ def main():
         tasks[("llama", "bfloat16")] = make_train_step(models["llama"], batch, bf16=True)
     train = alternate(tasks, args.repeats)
     train_s = {key: statistics.median(t) for key, t in train.items()}
-    useful = step_flops(args.batch)  # the head at every position, as the model definition implies
+    needed = step_flops(args.batch, head_positions=args.batch * 50)  # the head only where there is a target
     print(f"\ntraining step, batch {args.batch} x 100, half masked, Adam step included (median of {args.repeats}); "
-          f"{useful / 1e12:.2f} TFLOP of model work per step")
-    # MFU: the model's work (head at every position) / time / measured peak; "executed" counts what was computed
-    # (Smolite's default, config.fuse_linear_cross_entropy, projects only the positions that have a target)
+          f"{needed / 1e12:.2f} TFLOP of work needed per step")
+    # MFU: the work needed / time / best measured peak of the dtype; "executed" counts what was computed (Llama and
+    # Smolite with full logits project all 6400 positions, Smolite's default only the 3200 that have a target)
     print(f"  {'':24s} {'dtype':9s} {'s/step':>7s} {'trained tok/s':>14s} {'MFU':>6s} {'executed TFLOP':>15s} {'of peak':>8s}")
     for (name, dtype), seconds in train_s.items():
-        executed = step_flops(args.batch, head_positions=args.batch * 50) if name == "smolite" else useful
+        executed = needed if name == "smolite" else step_flops(args.batch)
         print(f"  {name:24s} {dtype:9s} {seconds:7.3f} {args.batch * 50 / seconds:14.0f} "
-              f"{useful / seconds / peak[dtype]:6.1%} {executed / 1e12:15.2f} {executed / seconds / peak[dtype]:8.1%}")
+              f"{needed / seconds / peak[dtype]:6.1%} {executed / 1e12:15.2f} {executed / seconds / peak[dtype]:8.1%}")
     for dtype in peak:
         print(f"  speed-up Smolite vs Llama, {dtype}: {train_s[('llama', dtype)] / train_s[('smolite', dtype)]:.2f}x")
     print(f"  (Smolite with full logits vs Llama, float32: "

@@ -132,6 +132,19 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+def _cpu_has_amx() -> bool:
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def attention_in_float32(query: torch.Tensor, implementation: str) -> bool:
+    """Whether sdpa runs in float32 here: under CPU bfloat16 autocast, on CPUs without AMX. There torch's bfloat16
+    flash attention is about twice as slow as float32 (forward and backward, seed shapes, AMD Zen 5 with
+    avx512_bf16): `benchmarks/bench_attention_dtype.py` measures 7% off a seed-size training step. With AMX, and
+    everywhere outside autocast, attention keeps the dtype it is given."""
+    return (implementation == "sdpa" and query.device.type == "cpu" and query.dtype == torch.bfloat16
+            and torch.is_autocast_enabled("cpu") and not _cpu_has_amx())
+
+
 class SmoliteAttention(nn.Module):
     """Multi-head attention whose queries and keys are projected from the rotated input, values from the plain one.
 
@@ -176,16 +189,24 @@ class SmoliteAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
+        def attend(query, key, value):
+            return attention_interface(
+                self,
+                query,
+                key,
+                value,
+                attention_mask,
+                dropout=0.0 if not self.training else self.attention_dropout,
+                scaling=self.scaling,
+                **kwargs,
+            )
+
+        if attention_in_float32(query_states, self.config._attn_implementation):
+            with torch.autocast("cpu", enabled=False):
+                attn_output, attn_weights = attend(query_states.float(), key_states.float(), value_states.float())
+            attn_output = attn_output.to(query_states.dtype)
+        else:
+            attn_output, attn_weights = attend(query_states, key_states, value_states)
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -33,11 +34,23 @@ def ratio(pattern: str, output: str) -> float:
 
 def test_bench_vs_llama_prints_training_and_decoding_ratios():
     out = run_benchmark("bench_vs_llama.py", "--repeats", "1", "--batch", "2", "--new-tokens", "3", "--no-bf16")
-    ratio(r"measured matmul peak: float32 (\d+) GFLOP/s", out)
+    assert re.search(r"machine: .+ \(\d+ cores; .+\)", out), out  # the CPU and its features come with the figures
+    ratio(r"measured matmul peak \(2048\^3\): float32 BLAS matmul (\d+)", out)
+    if torch.backends.mkldnn.is_available():  # float32 MFU is against the faster of torch's two float32 libraries
+        ratio(r"float32 BLAS matmul \d+, oneDNN linear (\d+)", out)
+    assert len(re.findall(r"float32 +[\d.]+ +\d+ +[\d.]+% +[\d.]+ +[\d.]+%", out)) == 3, out  # s/step … MFU
     ratio(r"speed-up Smolite vs Llama, float32: ([\d.]+)x", out)
     ratio(r"Smolite with full logits vs Llama, float32: ([\d.]+)x", out)
     ratio(r"smolite +([\d.]+) tokens/s", out)
     ratio(r"speed-up Smolite vs Llama: ([\d.]+)x", out)  # the decoding ratio (training lines name a dtype)
+
+
+def test_bench_attention_dtype_times_both_attention_dtypes():
+    out = run_benchmark("bench_attention_dtype.py", "--rounds", "2", "--steps", "1", "--batch", "2")
+    assert re.search(r"default attention under bfloat16 autocast on this CPU: (float32|bfloat16)", out), out
+    ratio(r"bfloat16 attention +([\d.]+) s/step", out)
+    ratio(r"float32 attention +([\d.]+) s/step", out)
+    ratio(r"float32 attention / bfloat16 attention: ([\d.]+)x", out)
 
 
 def test_bench_decoding_agrees_with_the_original_loop_and_prints_the_bound():

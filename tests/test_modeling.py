@@ -425,3 +425,34 @@ def test_fused_linear_cross_entropy_under_bf16_autocast_matches_autocast_plain()
     torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-3)
     for got, want in zip(fused_grads, plain_grads):
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_attention_runs_in_float32_under_cpu_bf16_autocast_only_without_amx(monkeypatch, amx):
+    """Without AMX, torch's bfloat16 flash attention is slower than float32 (bench_attention_dtype.py), so under CPU
+    bfloat16 autocast sdpa gets float32 queries, keys and values there; with AMX, and outside autocast, the dtype
+    it is given."""
+    from smolite_hf import modeling_smolite
+
+    monkeypatch.setattr(modeling_smolite, "_cpu_has_amx", lambda: amx)
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, *args, **kwargs):
+        seen.append((query.dtype, key.dtype, value.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    model = SmoliteForCausalLM(tiny_config(hidden_dropout=0.0)).train()
+    input_ids = torch.randint(5, model.config.vocab_size, (2, 12))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    expected = (torch.bfloat16,) * 3 + (True,) if amx else (torch.float32,) * 3 + (False,)
+    assert seen and all(call == expected for call in seen), seen
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    seen.clear()
+    with torch.no_grad():  # outside autocast nothing changes
+        model(input_ids=input_ids)
+    assert seen and all(call == (torch.float32,) * 3 + (False,) for call in seen), seen
