@@ -132,17 +132,13 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
-def _cpu_has_amx() -> bool:
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
 def attention_in_float32(query: torch.Tensor, implementation: str) -> bool:
-    """Whether sdpa runs in float32 here: under CPU bfloat16 autocast, on CPUs without AMX. There torch's bfloat16
-    flash attention is about twice as slow as float32 (forward and backward, seed shapes, AMD Zen 5 with
-    avx512_bf16): `benchmarks/bench_attention_dtype.py` measures 7% off a seed-size training step. With AMX, and
-    everywhere outside autocast, attention keeps the dtype it is given."""
+    """Whether sdpa runs in float32 here: under CPU bfloat16 autocast. There torch's bfloat16 flash attention is
+    slower than float32, forward and backward, on both CPU kinds measured (`benchmarks/bench_attention_dtype.py`,
+    seed size: 0.93-0.96x the step time with float32 attention on AMD Zen 5 with avx512_bf16, 0.87-0.90x on an
+    Intel Xeon with AMX). Outside CPU autocast attention keeps the dtype it is given."""
     return (implementation == "sdpa" and query.device.type == "cpu" and query.dtype == torch.bfloat16
-            and torch.is_autocast_enabled("cpu") and not _cpu_has_amx())
+            and torch.is_autocast_enabled("cpu"))
 
 
 class SmoliteAttention(nn.Module):
