@@ -62,22 +62,31 @@ def label_smoothed_causal_lm_loss(
     return _token_mean(summed, num_items_in_batch, keep)
 
 
+# The float32 softmax rows handled at once on the CPU: about 4 MiB, 14 rows at vocabulary 72000 (2 threads, seed-size
+# chunks: 87 ms a chunk from 4 to 16 rows, 97 at 32, 217 for the whole 932-row chunk at once, on the Intel kind).
+SOFTMAX_BLOCK_BYTES = 1 << 22
+
+
 class _LinearSmoothedCrossEntropy(torch.autograd.Function):
     """Summed label-smoothed cross entropy of `hidden @ weight.T`, chunk by chunk, with the gradients made in forward.
 
     Per target the loss is `logsumexp(z) - (1 - eps) z_y - eps mean_v(z)` and its gradient with respect to the logits
     `softmax(z) - eps / V - (1 - eps) onehot(y)`. Only the softmax needs the `(rows, V)` logits: per chunk of rows they
-    are made once (in `compute_dtype`), one fused `log_softmax` (float32, row by row in cache) and one `exp_` give
-    the log-sum-exp `z_y - log p_y` and the softmax, which is multiplied straight back into the gradients (`p @ W`,
-    `p.T @ h`). Everything else is linear in the logits and is computed from `hidden` and `weight` without them:
-    `z_y = <h, W_y>`, `mean_v(z) = <h, mean_v(W)>`, and the gradient's constant and one-hot parts, `-(eps / V)
-    sum_v(W) - (1 - eps) W_y` for `hidden` and a row-wise update for `weight`. So no `(N, V)` tensor outlives its
+    are made once (in `compute_dtype`), one fused `log_softmax` (float32) and one `exp_` give the log-sum-exp
+    `z_y - log p_y` and the softmax, which is written back over the logits and multiplied straight into the gradients
+    (`p @ W`, `p.T @ h`). On the CPU the softmax goes through the chunk `block_rows` rows at a time, a few MiB that
+    stay in the core's cache across its passes (2.5x faster than the whole chunk at once, which streams 256 MB
+    through memory four times); the products take the whole chunk. Everything else is linear in the logits and is
+    computed from `hidden` and `weight` without them: `z_y = <h, W_y>`, `mean_v(z) = <h, mean_v(W)>`, and the
+    gradient's constant and one-hot parts, `-(eps / V) sum_v(W) - (1 - eps) W_y` for `hidden` and a row-wise update
+    for `weight`. So no `(N, V)` tensor outlives its
     chunk and there is no log-softmax backward. The weight's gradient is accumulated in float32 whatever
     `compute_dtype` is.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, label_smoothing: float, chunk_rows: int, compute_dtype):
+    def forward(ctx, hidden, weight, targets, label_smoothing: float, chunk_rows: int, block_rows: int,
+                compute_dtype):
         rows, vocab = hidden.shape[0], weight.shape[0]
         eps = label_smoothing
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -88,20 +97,19 @@ class _LinearSmoothedCrossEntropy(torch.autograd.Function):
         total = -linear_part.sum()
         grad_hidden = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if need_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        low_precision = compute_dtype != torch.float32
         for start in range(0, rows, chunk_rows):
             h = h_all[start : start + chunk_rows]
             y = targets[start : start + chunk_rows, None]
-            logits = torch.matmul(h, w.t())  # (c, V)
-            log_probs = torch.log_softmax(logits.float() if low_precision else logits, dim=-1)  # float32, row by row
-            total += (logits.gather(1, y).float() - log_probs.gather(1, y)).sum()  # the log-sum-exp: z_y - log p_y
-            p = log_probs.exp_()  # the softmax
-            if low_precision:  # back into the low-precision buffer that the two products read
-                p = logits.copy_(p)
+            p = torch.matmul(h, w.t())  # (c, V): the logits, then in place their softmax
+            for row in range(0, len(p), block_rows):
+                z, y_block = p[row : row + block_rows], y[row : row + block_rows]
+                log_probs = torch.log_softmax(z.float(), dim=-1)  # float32
+                total += (z.gather(1, y_block).float() - log_probs.gather(1, y_block)).sum()  # z_y - log p_y
+                z.copy_(log_probs.exp_())  # the softmax, into the buffer (compute_dtype) the two products read
             if need_hidden:
                 grad_hidden[start : start + chunk_rows] = torch.matmul(p, w)
             if need_weight:
-                if low_precision:
+                if compute_dtype != torch.float32:
                     grad_weight.add_(torch.matmul(p.t(), h))
                 else:
                     grad_weight.addmm_(p.t(), h)
@@ -119,7 +127,7 @@ class _LinearSmoothedCrossEntropy(torch.autograd.Function):
         hidden_dtype, weight_dtype = ctx.dtypes
         grad_hidden = (grad_hidden * grad_output).to(hidden_dtype) if grad_hidden is not None else None
         grad_weight = (grad_weight * grad_output).to(weight_dtype) if grad_weight is not None else None
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def linear_smoothed_cross_entropy(
@@ -135,8 +143,10 @@ def linear_smoothed_cross_entropy(
     if torch.is_autocast_enabled(device_type):
         compute_dtype = torch.get_autocast_dtype(device_type)
     chunk_rows = max(1, chunk_bytes // (4 * weight.shape[0]))
+    block_rows = max(1, SOFTMAX_BLOCK_BYTES // (4 * weight.shape[0])) if device_type == "cpu" else chunk_rows
     with torch.autocast(device_type, enabled=False):
-        return _LinearSmoothedCrossEntropy.apply(hidden, weight, targets, label_smoothing, chunk_rows, compute_dtype)
+        return _LinearSmoothedCrossEntropy.apply(hidden, weight, targets, label_smoothing, chunk_rows, block_rows,
+                                                 compute_dtype)
 
 
 def fused_linear_causal_lm_loss(

@@ -53,6 +53,14 @@ def test_bench_attention_dtype_times_both_attention_dtypes():
     ratio(r"float32 attention / bfloat16 attention: ([\d.]+)x", out)
 
 
+def test_bench_fused_loss_checks_both_softmax_blockings_agree_and_times_them():
+    # the script itself asserts that both give the same loss and bit-identical gradients
+    out = run_benchmark("bench_fused_loss.py", "--rounds", "2", "--rows", "40")
+    assert re.search(r"softmax block: \d+ MiB = \d+ rows; chunk: \d+ rows; 40 rows x vocabulary 72000", out), out
+    for dtype in ("float32", "bfloat16 autocast"):
+        ratio(rf"{dtype}: whole chunk / rows in blocks: ([\d.]+)x", out)
+
+
 def test_bench_decoding_agrees_with_the_original_loop_and_prints_the_bound():
     # the script itself asserts that cached generate() and the original loop choose the same tokens
     out = run_benchmark("bench_decoding.py", "--repeats", "1", "--new-tokens", "4", "--batches", "1")

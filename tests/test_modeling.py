@@ -397,7 +397,11 @@ def test_skip_logits_needs_targets(tiny_model):
 
 
 @pytest.mark.parametrize("chunk_bytes", [1 << 28, 4 * 50 * 7])  # one chunk, and chunks of 7 rows (not dividing 40)
-def test_fused_linear_cross_entropy_equals_the_plain_computation(chunk_bytes):
+@pytest.mark.parametrize("block_bytes", [1 << 22, 4 * 50 * 3])  # the softmax a chunk at once, and 3 rows at a time
+def test_fused_linear_cross_entropy_equals_the_plain_computation(monkeypatch, chunk_bytes, block_bytes):
+    from smolite_hf import loss_smolite
+
+    monkeypatch.setattr(loss_smolite, "SOFTMAX_BLOCK_BYTES", block_bytes)
     torch.manual_seed(0)
     hidden = torch.randn(40, 16, requires_grad=True)
     weight = torch.randn(50, 16, requires_grad=True)
@@ -411,7 +415,11 @@ def test_fused_linear_cross_entropy_equals_the_plain_computation(chunk_bytes):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_linear_cross_entropy_under_bf16_autocast_matches_autocast_plain():
+@pytest.mark.parametrize("block_bytes", [1 << 22, 4 * 300 * 4])  # the softmax a chunk at once, and 4 rows at a time
+def test_fused_linear_cross_entropy_under_bf16_autocast_matches_autocast_plain(monkeypatch, block_bytes):
+    from smolite_hf import loss_smolite
+
+    monkeypatch.setattr(loss_smolite, "SOFTMAX_BLOCK_BYTES", block_bytes)
     torch.manual_seed(0)
     hidden = torch.randn(64, 32, requires_grad=True)
     weight = torch.randn(300, 32, requires_grad=True)
