@@ -6,7 +6,9 @@
 60 trained positions — hidden 256, vocabulary 72000), forward and backward, in float32 and under bfloat16 autocast:
 once with `SOFTMAX_BLOCK_BYTES` as shipped (about 4 MiB of float32 softmax rows at a time) and once with one block
 per 256 MB chunk (how it ran before). The two take turns (ABBA) for `--rounds`; the script checks that both give the
-same loss and gradients, and prints the median seconds of each, their ratio, and the CPU.
+same loss and gradients to float32 rounding (on the AMD kind they are bit for bit the same; one CI run on the Intel
+kind saw them differ by 1.7e-7 in the hidden states' gradient), and prints the median seconds of each, their ratio,
+and the CPU.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def main() -> None:
         (_, loss_a, grads_a), (_, loss_b, grads_b) = results.values()
         torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-2)
         for a, b in zip(grads_a, grads_b):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)  # each row's softmax is computed alike
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         times = {name: [] for name in variants}
         for round_ in range(args.rounds):
             order = list(variants) if round_ % 2 == 0 else list(reversed(variants))

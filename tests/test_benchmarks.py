@@ -54,7 +54,7 @@ def test_bench_attention_dtype_times_both_attention_dtypes():
 
 
 def test_bench_fused_loss_checks_both_softmax_blockings_agree_and_times_them():
-    # the script itself asserts that both give the same loss and bit-identical gradients
+    # the script itself asserts that both give the same loss and gradients (to float32 rounding)
     out = run_benchmark("bench_fused_loss.py", "--rounds", "2", "--rows", "40")
     assert re.search(r"softmax block: \d+ MiB = \d+ rows; chunk: \d+ rows; 40 rows x vocabulary 72000", out), out
     for dtype in ("float32", "bfloat16 autocast"):
