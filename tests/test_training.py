@@ -201,10 +201,25 @@ def test_the_defaults_are_the_seed_recipe_on_the_command_line_and_in_python(tmp_
     assert args.to_dict() == parse_train_options(output_dir=str(tmp_path))[2].to_dict()
     recipe = (args.learning_rate, args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay,
               args.max_grad_norm, args.optim.value, args.lr_scheduler_type.value)
-    assert recipe == (1e-4, 0.9, 0.95, 1e-8, 0.0, 1.0, "adamw_torch", "constant")
+    assert recipe == (1e-4, 0.9, 0.95, 1e-8, 0.0, 1.0, "adamw_torch_fused", "constant")
     assert (args.per_device_train_batch_size, args.per_device_eval_batch_size, args.num_train_epochs) == (64, 64, 1.0)
     assert (args.label_smoothing_factor, args.save_total_limit, args.data_seed) == (0.0, 2, args.seed)
     assert (model_args.size, model_args.vocab_size, data_args.data, data_args.eval_fraction) == ("small", 1500, None, 0.1)
+
+
+def test_the_default_optimizer_is_torchs_fused_adam_without_weight_decay(tmp_path):
+    from transformers import Trainer
+
+    from smolite_hf.training import SmoliteTrainingArguments
+
+    from .conftest import tiny_config
+
+    args = SmoliteTrainingArguments(output_dir=str(tmp_path), use_cpu=True, eval_strategy="no")
+    optimizer = Trainer(model=SmoliteForCausalLM(tiny_config()), args=args).create_optimizer()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert all(group["fused"] is True for group in optimizer.param_groups)
+    assert {group["weight_decay"] for group in optimizer.param_groups} == {0.0}
+    assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["eps"] == 1e-8
 
 
 def test_the_earlier_flag_names_still_work(tmp_path):
