@@ -259,8 +259,9 @@ def smolite_worker(args) -> dict:
     import torch
 
     from smolite_hf import SmoliteConfig, SmoliteForCausalLM
-    from smolite_hf.training import SmoliteTrainingArguments
+    from smolite_hf.training import SmoliteTrainingArguments, keep_freed_memory
 
+    keep_freed_memory()  # as smolite train does on the CPU
     torch.set_num_threads(args.threads)
     ids, prompt = training_batch(args.batch)
     input_ids = torch.from_numpy(ids)

@@ -23,10 +23,12 @@ applies it to unshifted labels, silently training the model to copy its input; `
 
 import contextlib
 import copy
+import ctypes
 import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -249,6 +251,27 @@ def cpu_computes_bfloat16() -> str | None:
     if torch.cpu._is_avx512_bf16_supported():
         return "avx512_bf16"
     return None
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse (mmap off, no trimming); whether it took (Linux with glibc).
+
+    torch has no caching allocator on the CPU, and glibc serves every block above 32 MB with a fresh mapping that it
+    unmaps when the block is freed, so each training step page-faults its large tensors in again: at the seed size
+    the head's logits, its gradient and the weight's bfloat16 copy, 37-110 MB each. With this the seed-size step
+    under bfloat16 autocast takes about 0.84x the time on the AMD kind (2.05 s against 1.72 s, peak memory the same:
+    the step reaches its peak every time anyway). It changes the whole process, so `smolite train` calls it and the
+    library does not; call it yourself before training in your own script. Freed memory then stays with the process.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def precision_summary(args: TrainingArguments) -> str:
@@ -646,6 +669,7 @@ __all__ = [
     "TRAIN_ARGUMENTS",
     "TrainResult",
     "cpu_computes_bfloat16",
+    "keep_freed_memory",
     "option_names",
     "own_process_group",
     "parse_train_options",

@@ -222,6 +222,49 @@ def test_the_default_optimizer_is_torchs_fused_adam_without_weight_decay(tmp_pat
     assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["eps"] == 1e-8
 
 
+KEEP_FREED_MEMORY_PROBE = """
+import ctypes, sys
+import torch
+from smolite_hf.training import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+took = keep_freed_memory() if sys.argv[1] == "keep" else None
+block = torch.ones(64 << 20, dtype=torch.uint8)  # a 64 MB tensor, as large as the seed size's
+print(took, libc.mallinfo2().hblkhd >= 64 << 20)  # whether it was mapped afresh (mmap) rather than taken from the heap
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings exist only on Linux")
+def test_keep_freed_memory_serves_large_tensors_from_the_heap_instead_of_fresh_mappings():
+    def probe(mode):
+        done = subprocess.run([sys.executable, "-c", KEEP_FREED_MEMORY_PROBE, mode], capture_output=True, text=True,
+                              check=True)
+        return done.stdout.split()
+
+    assert probe("plain") == ["None", "True"]  # glibc's default: a fresh mapping, page-faulted in, unmapped when freed
+    assert probe("keep") == ["True", "False"]
+
+
+def test_smolite_train_keeps_freed_memory_when_it_trains_on_the_cpu(tmp_path, monkeypatch):
+    from smolite_hf import training
+    from smolite_hf.cli import train as train_command
+
+    calls = []
+    monkeypatch.setattr(training, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(training, "train_with_arguments", lambda *args: calls.append("train") or
+                        training.TrainResult(tmp_path, {}, {}, 0.0, trained=False))
+    from smolite_hf.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--output-dir", str(tmp_path), "--use-cpu", "true"])
+    assert train_command._train(args) == 0
+    assert calls == ["keep", "train"]
+
+
 def test_the_earlier_flag_names_still_work(tmp_path):
     model_args, data_args, args = parsed_command(
         "--output-dir", str(tmp_path), "--epochs", "3", "--batch-size", "8", "--learning-rate", "5e-4",

@@ -46,11 +46,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from ..tokenization_smolite import VocabularySizeError
-    from ..training import train_with_arguments
+    from ..training import keep_freed_memory, train_with_arguments
 
     model_args, data_args, training_args = HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(vars(args), allow_extra_keys=True)
     if model_args.lora:
         require("peft", "peft", "--lora")
+    if training_args.use_cpu:  # no page faults for the large tensors each step: 0.84x the step time at the seed size
+        keep_freed_memory()
     try:
         result = train_with_arguments(model_args, data_args, training_args)
     except VocabularySizeError as err:
