@@ -77,8 +77,7 @@ class _LinearSmoothedCrossEntropy(torch.autograd.Function):
     (`p @ W`, `p.T @ h`). On the CPU the softmax goes through the chunk `block_rows` rows at a time, a few MiB that
     stay in the core's cache across its passes (2.5x faster than the whole chunk at once, which streams 256 MB
     through memory four times); the products take the whole chunk. One logits buffer serves every chunk (chunks of
-    even sizes): a fresh 134-268 MB tensor per chunk costs its page faults again, 35 ms a chunk in bfloat16 on the
-    AMD kind. Everything else is linear in the logits and is
+    even sizes): a fresh 110-270 MB tensor per chunk would be page-faulted in again each time. Everything else is linear in the logits and is
     computed from `hidden` and `weight` without them: `z_y = <h, W_y>`, `mean_v(z) = <h, mean_v(W)>`, and the
     gradient's constant and one-hot parts, `-(eps / V) sum_v(W) - (1 - eps) W_y` for `hidden` and a row-wise update
     for `weight`. So no `(N, V)` tensor outlives its

@@ -156,8 +156,8 @@ class SmoliteDataArguments:
 class SmoliteTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the seed's recipe and `smolite train`'s run settings as defaults.
 
-    Adam without weight decay (`adamw_torch_fused`, transformers' own default: one kernel per step, 14 ms against
-    95 ms for `adamw_torch` at the seed size on the AMD kind), learning rate 1e-4 constant, betas 0.9/0.95, epsilon
+    Adam without weight decay (`adamw_torch_fused`, transformers' own default: one kernel per step, 28 ms against
+    112 ms unfused at the seed size on the AMD kind, `benchmarks/bench_step_settings.py`), learning rate 1e-4 constant, betas 0.9/0.95, epsilon
     1e-8, clipping to a global norm of 1.0, batch 64 (evaluation too, unless given), one epoch; a checkpoint and an evaluation every
     quarter of the run, the last two checkpoints kept, a log line every 10 steps, `data_seed` = `seed`, the CPU where
     there is no CUDA. `resume` and `overwrite` say what to do with an output folder that holds an earlier run.
@@ -259,8 +259,8 @@ def keep_freed_memory() -> bool:
     torch has no caching allocator on the CPU, and glibc serves every block above 32 MB with a fresh mapping that it
     unmaps when the block is freed, so each training step page-faults its large tensors in again: at the seed size
     the head's logits, its gradient and the weight's bfloat16 copy, 37-110 MB each. With this the seed-size step
-    under bfloat16 autocast takes about 0.84x the time on the AMD kind (2.05 s against 1.72 s, peak memory the same:
-    the step reaches its peak every time anyway). It changes the whole process, so `smolite train` calls it and the
+    under bfloat16 autocast runs 1.56x as fast on the AMD kind (`benchmarks/bench_step_settings.py`; peak memory
+    the same: the step reaches its peak every time anyway). It changes the whole process, so `smolite train` calls it and the
     library does not; call it yourself before training in your own script. Freed memory then stays with the process.
     """
     if not sys.platform.startswith("linux"):

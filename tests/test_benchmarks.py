@@ -61,6 +61,14 @@ def test_bench_fused_loss_checks_both_softmax_blockings_agree_and_times_them():
         ratio(rf"{dtype}: whole chunk / rows in blocks: ([\d.]+)x", out)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="keep_freed_memory() is a glibc setting")
+def test_bench_step_settings_times_the_fused_adam_and_kept_memory_alone_and_together():
+    out = run_benchmark("bench_step_settings.py", "--rounds", "1", "--steps", "1", "--batch", "2")
+    assert re.search(r"CPU: .+, \d+ cores; avx512_bf16 (True|False), AMX (True|False)", out), out
+    for name in ("neither", "fused Adam", "kept memory", r"both \(smolite train\)"):
+        ratio(rf"{name} +[\d.]+ s/step +optimizer +[\d.]+ ms +([\d.]+)x", out)
+
+
 def test_bench_decoding_agrees_with_the_original_loop_and_prints_the_bound():
     # the script itself asserts that cached generate() and the original loop choose the same tokens
     out = run_benchmark("bench_decoding.py", "--repeats", "1", "--new-tokens", "4", "--batches", "1")

@@ -51,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
     model_args, data_args, training_args = HfArgumentParser(TRAIN_ARGUMENTS).parse_dict(vars(args), allow_extra_keys=True)
     if model_args.lora:
         require("peft", "peft", "--lora")
-    if training_args.use_cpu:  # no page faults for the large tensors each step: 0.84x the step time at the seed size
+    if training_args.use_cpu:  # no page faults for the large tensors each step (bench_step_settings.py)
         keep_freed_memory()
     try:
         result = train_with_arguments(model_args, data_args, training_args)
