@@ -73,7 +73,7 @@ def reference(loaded, messages, max_new_tokens, seed=None, **settings):
 @contextlib.contextmanager
 def paced(model, seconds: float = 0.02):
     """Slow every forward pass, so that a client reads each token's chunk before the next one exists."""
-    handle = model.register_forward_pre_hook(lambda module, args: time.sleep(seconds))
+    handle = model.get_decoder().register_forward_pre_hook(lambda module, args: time.sleep(seconds))
     try:
         yield
     finally:
@@ -91,7 +91,7 @@ def gated(model, worker, count):
         gate.wait(60)
         time.sleep(0.005)  # long enough that later arrivals join a running batch
 
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = model.get_decoder().register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield gate, sizes
     finally:
@@ -348,7 +348,7 @@ def test_a_client_that_goes_away_leaves_the_batch_at_once(server, loaded, stream
     worker, url = server
     before = dict(worker.stats)
     body = {"model": NAME, "messages": CONVERSATIONS[0], "max_tokens": 40, "temperature": 0, "stream": stream}
-    handle = loaded[0].register_forward_pre_hook(lambda module, args: time.sleep(0.2))  # 40 tokens: 8 s
+    handle = loaded[0].get_decoder().register_forward_pre_hook(lambda module, args: time.sleep(0.2))  # 40 tokens: 8 s
     try:
         if stream:
             with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
@@ -373,7 +373,7 @@ def test_past_the_caps_the_openai_route_answers_429(loaded):
     app = create_app(model, tokenizer, name=NAME, limits=ServeLimits(max_running=1, max_waiting=0))
     worker = app.state.worker
     with running(app) as url:
-        handle = model.register_forward_pre_hook(lambda module, args: time.sleep(0.05))
+        handle = model.get_decoder().register_forward_pre_hook(lambda module, args: time.sleep(0.05))
         try:
             threads, results = in_threads([lambda: completions(url, {"messages": CONVERSATIONS[0], "max_tokens": 20})])
             wait_until(lambda: worker.running == 1)
@@ -392,7 +392,7 @@ def test_a_failing_forward_fails_its_requests_and_the_server_goes_on(server, loa
     def explode(module, args):
         raise RuntimeError("simulated device failure")
 
-    handle = loaded[0].register_forward_pre_hook(explode)
+    handle = loaded[0].get_decoder().register_forward_pre_hook(explode)
     try:
         plain = completions(url, {"messages": CONVERSATIONS[0], "max_tokens": 5})
         streamed = openai_stream(completions(url, {"messages": CONVERSATIONS[0], "max_tokens": 5, "stream": True}))

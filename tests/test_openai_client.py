@@ -54,7 +54,7 @@ def test_sync_client_lists_the_model_and_completes(base_url, expected):
 
 
 def test_sync_client_streams_with_usage(base_url, expected, loaded):
-    handle = loaded[0].register_forward_pre_hook(lambda module, args: time.sleep(0.02))  # one chunk per token
+    handle = loaded[0].get_decoder().register_forward_pre_hook(lambda module, args: time.sleep(0.02))  # one chunk per token
     try:
         with client(base_url) as sync:
             stream = sync.chat.completions.create(model=NAME, messages=MESSAGES, max_tokens=16, temperature=0,

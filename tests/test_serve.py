@@ -39,7 +39,7 @@ def server(loaded):
 
 @contextlib.contextmanager
 def slow_model(model, seconds_per_step: float = 0.05):
-    handle = model.register_forward_pre_hook(lambda module, args: time.sleep(seconds_per_step))
+    handle = model.get_decoder().register_forward_pre_hook(lambda module, args: time.sleep(seconds_per_step))
     try:
         yield
     finally:
@@ -249,7 +249,7 @@ def test_a_generation_error_ends_that_stream_and_the_server_keeps_serving(server
     def explode(module, args):
         raise RuntimeError("simulated device failure")
 
-    handle = model.register_forward_pre_hook(explode)
+    handle = model.get_decoder().register_forward_pre_hook(explode)
     try:
         events = sse_events(post(url, {"messages": [{"role": "user", "content": "안녕"}]}))
     finally:

@@ -33,7 +33,7 @@ pytestmark = [
 def greedy_server(converted_dir):
     model, tokenizer = load_chat_model(converted_dir, device="cpu")
     model.generation_config.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=50, max_new_tokens=25)
-    handle = model.register_forward_pre_hook(lambda module, args: __import__("time").sleep(0.03))  # visible streaming
+    handle = model.get_decoder().register_forward_pre_hook(lambda module, args: __import__("time").sleep(0.03))  # visible streaming
     with running(create_app(model, tokenizer, name="smolite-tiny")) as url:
         yield url, model, tokenizer
     handle.remove()

@@ -1,10 +1,13 @@
-"""The serving worker's two shortcuts in choosing tokens, each checked against what it replaces.
+"""The serving worker's three shortcuts in computing and choosing tokens, each checked against what it replaces.
 
-`SortFreeTopPLogitsWarper` must give exactly `TopPLogitsWarper`'s result (seeded replies equal `generate()`'s), and
-`_draw_by_cdf`, which draws the tokens of requests without a seed, must follow the probabilities it is given.
+`SortFreeTopPLogitsWarper` must give exactly `TopPLogitsWarper`'s result (seeded replies equal `generate()`'s);
+`_draw_by_cdf`, which draws the tokens of requests without a seed, must follow the probabilities it is given; and
+`head_logits`, the output head's product for several rows, must equal the head's own (greedy replies unchanged).
 """
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -12,7 +15,8 @@ from transformers.generation.logits_process import TopPLogitsWarper
 
 from smolite_hf.chat import generate_reply
 from smolite_hf.serving import BatchedGenerator
-from smolite_hf.serving.worker import SortFreeTopPLogitsWarper, _draw_by_cdf
+from smolite_hf.serving import worker as serving_worker
+from smolite_hf.serving.worker import SortFreeTopPLogitsWarper, _draw_by_cdf, head_logits
 
 from .test_openai_api import CONVERSATIONS, GREEDY, loaded  # noqa: F401 (the fixture)
 
@@ -77,6 +81,21 @@ def test_draws_by_cdf_follow_the_probabilities():
     assert ((counts - draws * expected).abs() <= 5 * sigma + 1e-9).all(), counts / draws
 
 
+def test_draws_by_cdf_are_those_of_the_whole_rows_cumulative_sum():
+    """`_draw_by_cdf` sums only each row's non-zero entries: the tokens must be those that the cumulative sum of the
+    whole row gives for the same uniform numbers (rows mostly zero, as after top-p, and rows without zeros)."""
+    generator = torch.Generator().manual_seed(1)
+    probs = torch.rand(64, 5000, generator=generator)
+    probs[:48][torch.rand(48, 5000, generator=generator) < 0.995] = 0  # sparse rows, a few entries each
+    probs[:48, 17] = 1e-3  # at least one entry per row
+    for seed in range(5):
+        uniform = torch.rand((len(probs), 1), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        cdf = probs.double().cumsum(dim=-1)
+        point = torch.minimum(uniform * cdf[:, -1:], torch.nextafter(cdf[:, -1:], torch.zeros(1, dtype=torch.float64)))
+        whole_row = torch.searchsorted(cdf, point, right=True)[:, 0].tolist()
+        assert _draw_by_cdf(probs, torch.Generator().manual_seed(seed)) == whole_row
+
+
 def test_a_draw_at_the_very_top_of_the_cdf_is_still_a_possible_token(monkeypatch):
     probs = torch.tensor([[0.3, 0.7, 0.0, 0.0]])  # the trailing zeros must never be drawn
     monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.full(shape, 1.0, dtype=torch.float64))
@@ -95,3 +114,41 @@ def test_unseeded_sampled_requests_decoded_together_draw_from_their_filtered_sco
         assert [job.result(120).text for job in jobs] == expected
     finally:
         worker.close()
+
+
+def test_the_head_product_for_several_rows_equals_the_heads_own(monkeypatch):
+    """From `HEAD_TRANSPOSED_MIN_ROWS` rows of a large enough float32 head, `head_logits` multiplies `weight @
+    hidden.T`; fewer rows, a small head or another dtype go through the head itself. Either way: the head's logits."""
+    products = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: products.append(a.shape) or mm(a, b))
+    big = torch.nn.Linear(256, 9000, bias=False)  # 9.2 MB of float32 weight
+    assert big.weight.nbytes >= serving_worker.HEAD_TRANSPOSED_MIN_BYTES
+    generator = torch.Generator().manual_seed(0)
+    for rows, head, dtype, transposed in [(8, big, torch.float32, True), (16, big, torch.float32, True),
+                                          (serving_worker.HEAD_TRANSPOSED_MIN_ROWS - 1, big, torch.float32, False),
+                                          (8, torch.nn.Linear(256, 100, bias=False), torch.float32, False),
+                                          (8, copy.deepcopy(big).to(torch.bfloat16), torch.bfloat16, False)]:
+        products.clear()
+        hidden = torch.randn(rows, 256, generator=generator).to(dtype)
+        with torch.no_grad():
+            logits, expected = head_logits(head, hidden), head(hidden)
+        assert products == ([tuple(head.weight.shape)] if transposed else []), (rows, dtype)
+        assert logits.shape == expected.shape and logits.is_contiguous()
+        torch.testing.assert_close(logits, expected)  # float32 rounding: the same sums in another order
+
+
+def test_greedy_replies_decoded_together_with_the_transposed_head_product_equal_generate_alone(loaded, monkeypatch):  # noqa: F811
+    model, tokenizer = loaded
+    monkeypatch.setattr(serving_worker, "HEAD_TRANSPOSED_MIN_BYTES", 0)  # the tiny model's head takes that path too
+    products = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: products.append(len(b.T)) or mm(a, b))
+    expected = [generate_reply(model, tokenizer, messages, max_new_tokens=15, **GREEDY) for messages in CONVERSATIONS[:8]]
+    worker = BatchedGenerator(model, tokenizer).start()
+    try:
+        jobs = [worker.submit(*worker.prepare(messages, max_new_tokens=15, **GREEDY)) for messages in CONVERSATIONS[:8]]
+        assert [job.result(120).text for job in jobs] == expected
+    finally:
+        worker.close()
+    assert products and max(products) >= serving_worker.HEAD_TRANSPOSED_MIN_ROWS  # rows decoded together took it

@@ -1,7 +1,8 @@
 """The generation worker of `smolite serve`: one thread owns the model and decodes every running request together.
 
 Each step runs one forward pass for all running sequences (left-padded, one shared `DynamicCache`), plus one for the
-requests admitted in that step (their prompts, left-padded together), whose caches then join the batch. Sequences
+requests admitted in that step (their prompts, left-padded together), whose caches then join the batch; the output
+head's product for several rows is taken large operand first (`head_logits`, faster on the CPU). Sequences
 leave the batch as soon as they finish or their client goes away. The choice of each next token is the request's
 own, made with the logits processors `generate()` builds from the request's `GenerationConfig`
 (`model._get_logits_processor`, as transformers' continuous batching does): the repetition penalty, the `<end>` -5
@@ -209,12 +210,18 @@ def _draw_by_cdf(probs: torch.Tensor, generator: torch.Generator) -> list[int]:
     """One token per row of `probs` `(n, V)` (non-negative, each row with a positive sum), token `t` with probability
     `probs[t] / sum`: one uniform number per row against the row's cumulative sum in float64. The same distribution
     as `torch.multinomial(probs, 1)`, which draws one exponential number per vocabulary entry — 72000 a row and
-    token at the seed size, as long as the rest of a batched step."""
-    cdf = probs.double().cumsum(dim=-1)
-    total = cdf[:, -1:]
-    uniform = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=probs.device)
-    point = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))  # strictly below the sum
-    return torch.searchsorted(cdf, point, right=True)[:, 0].tolist()  # the first entry whose cdf passes it: p > 0
+    token at the seed size, as long as the rest of a batched step. The cumulative sum runs over the row's non-zero
+    entries only (after top-p a few of 72000): zeros add nothing to it, so the token drawn is the one the whole row's
+    cumulative sum gives for the same number."""
+    uniform = torch.rand((len(probs), 1), generator=generator, dtype=torch.float64, device=probs.device)
+    tokens = []
+    for row, number in zip(probs, uniform):
+        support = row.nonzero()[:, 0]
+        cdf = row[support].double().cumsum(dim=-1)
+        total = cdf[-1:]
+        point = torch.minimum(number * total, torch.nextafter(total, torch.zeros_like(total)))  # below the sum
+        tokens.append(int(support[torch.searchsorted(cdf, point, right=True)]))  # the first entry past it: p > 0
+    return tokens
 
 
 def _fast_processors(processors):
@@ -233,6 +240,35 @@ def _fast_processors(processors):
 
     apply.processors = processors
     return apply
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the output head's product
+
+# From this many rows and this size of float32 head weight, `head_logits` multiplies `weight @ hidden.T` instead of
+# `hidden @ weight.T` (what `nn.Linear` runs).
+HEAD_TRANSPOSED_MIN_ROWS = 4
+HEAD_TRANSPOSED_MIN_BYTES = 8 * 2**20
+
+
+def head_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """`head(hidden)` for hidden states `(B, d)`: the logits `(B, V)`.
+
+    A decoding step's head product reads the whole `(V, d)` weight (73.7 MB at the seed size) for a few rows, so it
+    is bound by reading it. On the CPU, MKL's float32 product `hidden @ weight.T` takes a path for 4 to 8 rows that
+    costs several times one row's (on the Intel Xeon kind, 1 thread, vocabulary 72000: 10 ms at 1 row, 18 ms at 4,
+    30 ms at 8), while `weight @ hidden.T`, the large operand first, reads the weight once at any row count (13–14
+    ms); below 4 rows, or for a head that fits in the cache, `nn.Linear`'s own product is as fast or faster.
+    `benchmarks/bench_head_product.py` measures both on a machine. The two are the same sums of products, in another
+    order: equal to float32 rounding.
+    """
+    weight = getattr(head, "weight", None)
+    if (type(head) is torch.nn.Linear and head.bias is None and hidden.dim() == 2
+            and len(hidden) >= HEAD_TRANSPOSED_MIN_ROWS and hidden.device.type == "cpu"
+            and hidden.dtype == weight.dtype == torch.float32
+            and weight.numel() * weight.element_size() >= HEAD_TRANSPOSED_MIN_BYTES):
+        return torch.mm(weight, hidden.t()).t().contiguous()
+    return head(hidden)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -419,14 +455,13 @@ class BatchedGenerator:
         device = self.model.device
         rows = self._rows
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
-        outputs = self.model(
+        logits, self._cache = self._forward(
             input_ids=torch.tensor([[row.ids[-1]] for row in rows], device=device),
             attention_mask=None if bool(self._mask.all()) else self._mask,  # as generate() drops an all-ones mask
             position_ids=torch.tensor([[len(row.ids) - 1] for row in rows], device=device),
-            cache=self._cache, use_cache=True,
+            cache=self._cache,
         )
-        self._cache = outputs.cache
-        return outputs.logits[:, -1].float()
+        return logits
 
     def _prefill(self, rows: list[_Sequence]):
         """The prompts of `rows`, left-padded together: `(logits (n, V), cache, mask)`."""
@@ -438,13 +473,21 @@ class BatchedGenerator:
         for i, row in enumerate(rows):
             input_ids[i, width - len(row.ids):] = torch.tensor(row.ids, device=device)
             mask[i, width - len(row.ids):] = 1
-        outputs = self.model(
+        logits, cache = self._forward(
             input_ids=input_ids,
             attention_mask=None if bool(mask.all()) else mask,
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-            cache=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1,
+            cache=DynamicCache(config=self.model.config),
         )
-        return outputs.logits[:, -1].float(), outputs.cache, mask
+        return logits, cache, mask
+
+    def _forward(self, **inputs) -> tuple[torch.Tensor, DynamicCache]:
+        """The decoder on `inputs`, then the output head at each row's last position: `(logits (B, V) in float32,
+        cache)`. What `model(**inputs, logits_to_keep=1)` computes, with the head's product taken by
+        `head_logits`."""
+        outputs = self.model.get_decoder()(**inputs, use_cache=True)
+        hidden = outputs.last_hidden_state[:, -1]  # (B, d)
+        return head_logits(self.model.get_output_embeddings(), hidden).float(), outputs.cache
 
     def _join(self, rows: list[_Sequence], cache: DynamicCache, mask: torch.Tensor) -> None:
         """Add prefilled `rows` to the batch: both caches padded on the left to one width, then stacked."""
