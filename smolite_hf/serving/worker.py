@@ -409,12 +409,19 @@ class BatchedGenerator:
         self._fail("the server is shutting down", waiting_too=True)
 
     def _step(self, admitted: list[GenerationJob]) -> None:
+        """One token for every running sequence and every newcomer: the decoder on each of the two batches, then
+        one head product for all their rows (the head is read once) and one choice of tokens."""
+        hidden = []
         if self._rows:
-            self._choose(self._rows, self._decode())
+            hidden.append(self._decode())
         newcomers = [self._start(job) for job in admitted if not self._finished_before_start(job)]
         if newcomers:
-            logits, cache, mask = self._prefill(newcomers)
-            self._choose(newcomers, logits)
+            prompt_hidden, cache, mask = self._prefill(newcomers)
+            hidden.append(prompt_hidden)
+        if hidden:
+            logits = head_logits(self.model.get_output_embeddings(), torch.cat(hidden)).float()
+            self._choose(self._rows + newcomers, logits)
+        if newcomers:
             self._join(newcomers, cache, mask)
         self._publish_and_retire()
 
@@ -451,20 +458,20 @@ class BatchedGenerator:
     # -- forward passes --------------------------------------------------------------------------------------------
 
     def _decode(self) -> torch.Tensor:
-        """One step of every running sequence: the logits `(B, V)` after its last token."""
+        """One step of every running sequence: the decoder's hidden state `(B, d)` at its last token."""
         device = self.model.device
         rows = self._rows
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(rows), 1)], dim=1)
-        logits, self._cache = self._forward(
+        hidden, self._cache = self._forward(
             input_ids=torch.tensor([[row.ids[-1]] for row in rows], device=device),
             attention_mask=None if bool(self._mask.all()) else self._mask,  # as generate() drops an all-ones mask
             position_ids=torch.tensor([[len(row.ids) - 1] for row in rows], device=device),
             cache=self._cache,
         )
-        return logits
+        return hidden
 
     def _prefill(self, rows: list[_Sequence]):
-        """The prompts of `rows`, left-padded together: `(logits (n, V), cache, mask)`."""
+        """The prompts of `rows`, left-padded together: `(hidden state (n, d) at the last token, cache, mask)`."""
         device = self.model.device
         width = max(len(row.ids) for row in rows)
         pad = self.model.config.pad_token_id or 0
@@ -473,21 +480,19 @@ class BatchedGenerator:
         for i, row in enumerate(rows):
             input_ids[i, width - len(row.ids):] = torch.tensor(row.ids, device=device)
             mask[i, width - len(row.ids):] = 1
-        logits, cache = self._forward(
+        hidden, cache = self._forward(
             input_ids=input_ids,
             attention_mask=None if bool(mask.all()) else mask,
             position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
             cache=DynamicCache(config=self.model.config),
         )
-        return logits, cache, mask
+        return hidden, cache, mask
 
     def _forward(self, **inputs) -> tuple[torch.Tensor, DynamicCache]:
-        """The decoder on `inputs`, then the output head at each row's last position: `(logits (B, V) in float32,
-        cache)`. What `model(**inputs, logits_to_keep=1)` computes, with the head's product taken by
-        `head_logits`."""
+        """The decoder on `inputs`: `(hidden state (B, d) at each row's last position, cache)`. With the output head
+        on it (`head_logits`) it is what `model(**inputs, logits_to_keep=1)` computes."""
         outputs = self.model.get_decoder()(**inputs, use_cache=True)
-        hidden = outputs.last_hidden_state[:, -1]  # (B, d)
-        return head_logits(self.model.get_output_embeddings(), hidden).float(), outputs.cache
+        return outputs.last_hidden_state[:, -1], outputs.cache
 
     def _join(self, rows: list[_Sequence], cache: DynamicCache, mask: torch.Tensor) -> None:
         """Add prefilled `rows` to the batch: both caches padded on the left to one width, then stacked."""
