@@ -23,7 +23,6 @@ applies it to unshifted labels, silently training the model to copy its input; `
 
 import contextlib
 import copy
-import ctypes
 import dataclasses
 import json
 import os
@@ -59,6 +58,7 @@ from .folders import (
     replace_folder_contents,
 )
 from .generation import smolite_generation_config
+from .memory import keep_freed_memory  # re-exported: `training.keep_freed_memory` came first
 from .metrics import compute_metrics, make_preprocess_logits_for_metrics
 from .modeling_smolite import SmoliteForCausalLM
 from .tokenization_smolite import SmoliteTokenizer
@@ -251,27 +251,6 @@ def cpu_computes_bfloat16() -> str | None:
     if torch.cpu._is_avx512_bf16_supported():
         return "avx512_bf16"
     return None
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse (mmap off, no trimming); whether it took (Linux with glibc).
-
-    torch has no caching allocator on the CPU, and glibc serves every block above 32 MB with a fresh mapping that it
-    unmaps when the block is freed, so each training step page-faults its large tensors in again: at the seed size
-    the head's logits, its gradient and the weight's bfloat16 copy, 37-110 MB each. With this the seed-size step
-    under bfloat16 autocast runs 1.56x as fast on the AMD kind (`benchmarks/bench_step_settings.py`; peak memory
-    the same: the step reaches its peak every time anyway). It changes the whole process, so `smolite train` calls it and the
-    library does not; call it yourself before training in your own script. Freed memory then stays with the process.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, ...)
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def precision_summary(args: TrainingArguments) -> str:
