@@ -1,8 +1,10 @@
-"""The serving worker's three shortcuts in computing and choosing tokens, each checked against what it replaces.
+"""The serving worker's shortcuts in computing and choosing tokens, each checked against what it replaces.
 
-`SortFreeTopPLogitsWarper` must give exactly `TopPLogitsWarper`'s result (seeded replies equal `generate()`'s);
-`_draw_by_cdf`, which draws the tokens of requests without a seed, must follow the probabilities it is given; and
-`head_logits`, the output head's product for several rows, must equal the head's own (greedy replies unchanged).
+The in-place twins of the seed's logits processors (`_fast_processors`) and `SortFreeTopPLogitsWarper` must give
+exactly transformers' results (seeded replies equal `generate()`'s); `CandidateTopPLogitsWarper`, the top-p of requests
+without a seed, must keep the tokens `TopPLogitsWarper` keeps; `_draw_by_cdf`, which draws their tokens, must follow
+the probabilities it is given; and `head_logits`, the output head's product for several rows, must equal the head's
+own (greedy replies unchanged).
 """
 
 from __future__ import annotations
@@ -11,12 +13,20 @@ import copy
 
 import pytest
 import torch
-from transformers.generation.logits_process import TopPLogitsWarper
+from transformers.generation.logits_process import LogitsProcessorList, TopPLogitsWarper
 
 from smolite_hf.chat import generate_reply
 from smolite_hf.serving import BatchedGenerator
 from smolite_hf.serving import worker as serving_worker
-from smolite_hf.serving.worker import SortFreeTopPLogitsWarper, _draw_by_cdf, head_logits
+from smolite_hf.generation import smolite_generation_config
+from smolite_hf.serving.worker import (
+    CandidateTopPLogitsWarper,
+    SortFreeTopPLogitsWarper,
+    _draw_by_cdf,
+    _fast_processors,
+    _in_place,
+    head_logits,
+)
 
 from .test_openai_api import CONVERSATIONS, GREEDY, loaded  # noqa: F401 (the fixture)
 
@@ -62,6 +72,108 @@ def test_sort_free_top_p_leaves_other_dtypes_to_transformers():
     scores = torch.randn(3, 50, dtype=torch.float64)
     expected = TopPLogitsWarper(0.8)(None, scores)
     assert torch.equal(SortFreeTopPLogitsWarper(0.8)(None, scores), expected)
+
+
+def library_processors(model, prompt_length: int, **overrides) -> LogitsProcessorList:
+    """The processors `generate()` builds for the seed's chat settings (with `overrides`), as the worker gets them."""
+    config = smolite_generation_config(model.config, **overrides)
+    model._prepare_special_tokens(config, True, device=model.device, batch_size=1)
+    return model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_length,
+                                       encoder_input_ids=torch.zeros((1, prompt_length), dtype=torch.long),
+                                       device=model.device, model_kwargs={})
+
+
+@pytest.mark.parametrize("vocab", [1500, 72000])
+@pytest.mark.parametrize("overrides", [{}, {"suppress_tokens": [0, 3, 10**6]}, {"temperature": 1.3, "top_p": 0.5},
+                                       {"sequence_bias": [[[4], -5.0], [[7], 2.5]], "repetition_penalty": 1.5}])
+def test_the_in_place_processors_equal_transformers_own(loaded, vocab, overrides):  # noqa: F811
+    """The seed's processors in place give `LogitsProcessorList`'s scores bit for bit: below and past the minimum
+    length, histories of repeated tokens, `-inf` and ties in the scores."""
+    model, _ = loaded
+    generator = torch.Generator().manual_seed(vocab)
+    for length in (3, 9, 10, 40):  # the minimum length is 10: <end> is forbidden below it
+        processors = library_processors(model, prompt_length=2, **overrides)
+        twins = [_in_place(p) for p in processors]
+        assert all(twin is not None for twin in twins), [type(p).__name__ for p in processors]  # none left out
+        history = torch.randint(0, 60, (6, length), generator=generator)  # repeats: the penalty applies twice
+        for scores in (torch.randn(6, vocab, generator=generator) * 4,
+                       torch.randint(-3, 3, (6, vocab), generator=generator).float()):
+            scores[:, 5::11] = -float("inf")
+            expected = LogitsProcessorList(processors)(history, scores.clone())
+            result = _fast_processors(processors)(history, scores.clone())
+            assert torch.equal(result, expected), (length, overrides)
+
+
+def test_processors_without_an_in_place_twin_are_called_as_they_are(loaded):  # noqa: F811
+    """Multi-token biases, a history holding ids past the head's width, and bfloat16 scores take the library's path:
+    the same scores as `LogitsProcessorList`."""
+    model, _ = loaded
+    processors = library_processors(model, prompt_length=2, sequence_bias=[[[4], -5.0], [[5, 6], -1.0]], top_k=20)
+    assert [_in_place(p) is None for p in processors if type(p).__name__ in ("SequenceBiasLogitsProcessor",
+                                                                            "TopKLogitsWarper")] == [True, True]
+    generator = torch.Generator().manual_seed(0)
+    history = torch.cat([torch.randint(0, 60, (3, 12), generator=generator), torch.tensor([[5, 6], [1, 5], [5, 6]])], 1)
+    scores = torch.randn(3, 300, generator=generator)
+    assert torch.equal(_fast_processors(processors)(history, scores.clone()),
+                       LogitsProcessorList(processors)(history, scores.clone()))
+    seed_processors = library_processors(model, prompt_length=2)
+    wide = history.clone()
+    wide[0, 0] = 400  # an id the 300-wide scores have no column for
+    for history_, scores_ in ((wide, scores), (history, scores.to(torch.bfloat16))):
+        assert torch.equal(_fast_processors(seed_processors)(history_, scores_.clone()),
+                           LogitsProcessorList(seed_processors)(history_, scores_.clone()))
+
+
+@pytest.mark.parametrize("kind", ["normal", "sharp", "suppressed", "nan"])
+def test_the_candidate_top_p_keeps_the_tokens_transformers_keeps(kind):
+    """The same kept tokens as `TopPLogitsWarper`, but for one whose ascending cumulative probability (in float64)
+    lies within rounding of `1 - top_p`, where float32 sums may fall either side; the kept scores unchanged."""
+    generator = torch.Generator().manual_seed(3)
+    borderline = 0
+    for vocab in (50, 1500, 72000):
+        for top_p, keep in [(0.9, 1), (0.5, 1), (0.95, 5), (0.0, 1), (1e-9, 1), (0.9, 40), (0.999, 1)]:
+            scores = scores_of(kind, 8, vocab, generator) * (4 if kind == "normal" else 1)
+            expected = TopPLogitsWarper(top_p, min_tokens_to_keep=keep)(None, scores.clone())
+            result = CandidateTopPLogitsWarper(top_p, min_tokens_to_keep=keep)(None, scores.clone())
+            assert torch.equal(result.isnan(), expected.isnan())
+            kept, kept_expected = result > -float("inf"), expected > -float("inf")
+            assert torch.equal(result[kept & kept_expected], scores[kept & kept_expected])
+            for row in (kept != kept_expected).any(-1).nonzero()[:, 0].tolist():
+                differing = (kept[row] != kept_expected[row]).nonzero()[:, 0]
+                probs = scores[row].double().softmax(-1)
+                cumulative = torch.stack([probs[probs <= probs[t]].sum() for t in differing])
+                assert len(differing) == 1 and (cumulative - (1 - top_p)).abs().max() < 1e-6, (vocab, top_p, keep)
+                borderline += 1
+            if kind == "normal" and top_p == 0.9 and keep == 1:
+                assert (kept.sum(-1) < vocab).all()  # a real cut
+    assert borderline <= 8  # of 168 rows
+
+
+def test_the_candidate_top_p_keeps_a_tie_at_the_cut_whole():
+    """Where equal scores straddle the cut `TopPLogitsWarper` keeps some of them (as its sort left them); the
+    candidate top-p keeps them all, and nothing else more."""
+    generator = torch.Generator().manual_seed(4)
+    scores = torch.randint(-3, 3, (6, 2000), generator=generator).float()
+    expected = TopPLogitsWarper(0.7)(None, scores.clone()) > -float("inf")
+    result = CandidateTopPLogitsWarper(0.7)(None, scores.clone()) > -float("inf")
+    assert (result | ~expected).all()  # every token transformers keeps is kept
+    cut = torch.where(expected, scores, float("inf")).min(-1, keepdim=True).values
+    assert torch.equal(result, scores >= cut)  # and the others kept are the ties with its lowest kept score
+
+
+def test_only_requests_with_a_seed_keep_the_exact_top_p(loaded):  # noqa: F811
+    model, tokenizer = loaded
+    worker = BatchedGenerator(model, tokenizer)
+    messages = CONVERSATIONS[0]
+    seeded = worker._start(serving_worker.GenerationJob(*worker.prepare(messages), seed=7, stop=(), loop=None,
+                                                        on_cancel=None))
+    unseeded = worker._start(serving_worker.GenerationJob(*worker.prepare(messages), seed=None, stop=(), loop=None,
+                                                          on_cancel=None))
+    warpers = [[getattr(call, "func", None) for call in row.processors.calls] for row in (seeded, unseeded)]
+    assert any(isinstance(getattr(f, "__self__", None), SortFreeTopPLogitsWarper) and
+               not isinstance(f.__self__, CandidateTopPLogitsWarper) for f in warpers[0])
+    assert any(isinstance(getattr(f, "__self__", None), CandidateTopPLogitsWarper) for f in warpers[1])
+    assert seeded.batch_key() != unseeded.batch_key()  # never one processor call for both
 
 
 def test_draws_by_cdf_follow_the_probabilities():
