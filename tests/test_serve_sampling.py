@@ -153,7 +153,7 @@ def test_the_candidate_top_p_keeps_a_tie_at_the_cut_whole():
     """Where equal scores straddle the cut `TopPLogitsWarper` keeps some of them (as its sort left them); the
     candidate top-p keeps them all, and nothing else more."""
     generator = torch.Generator().manual_seed(4)
-    scores = torch.randint(-3, 3, (6, 2000), generator=generator).float()
+    scores = torch.randint(-3, 3, (6, 20000), generator=generator).float()  # above SMALL_VOCABULARY
     expected = TopPLogitsWarper(0.7)(None, scores.clone()) > -float("inf")
     result = CandidateTopPLogitsWarper(0.7)(None, scores.clone()) > -float("inf")
     assert (result | ~expected).all()  # every token transformers keeps is kept
@@ -176,7 +176,9 @@ def test_only_requests_with_a_seed_keep_the_exact_top_p(loaded):  # noqa: F811
     assert seeded.batch_key() != unseeded.batch_key()  # never one processor call for both
 
 
-def test_draws_by_cdf_follow_the_probabilities():
+@pytest.mark.parametrize("small_vocabulary", [0, 8192])  # the sparse path, row by row; the whole rows at once
+def test_draws_by_cdf_follow_the_probabilities(monkeypatch, small_vocabulary):
+    monkeypatch.setattr(serving_worker, "SMALL_VOCABULARY", small_vocabulary)
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.25, 0.25, 0.0],  # zeros between and after
                           [0.0, 0.0, 0.0, 0.0, 0.0, 3.0],  # one possible token, an unnormalised row
                           [1.0, 2.0, 3.0, 4.0, 0.0, 0.0]])
@@ -193,9 +195,12 @@ def test_draws_by_cdf_follow_the_probabilities():
     assert ((counts - draws * expected).abs() <= 5 * sigma + 1e-9).all(), counts / draws
 
 
-def test_draws_by_cdf_are_those_of_the_whole_rows_cumulative_sum():
-    """`_draw_by_cdf` sums only each row's non-zero entries: the tokens must be those that the cumulative sum of the
-    whole row gives for the same uniform numbers (rows mostly zero, as after top-p, and rows without zeros)."""
+@pytest.mark.parametrize("small_vocabulary", [0, 8192])  # the sparse path, row by row; the whole rows at once
+def test_draws_by_cdf_are_those_of_the_whole_rows_cumulative_sum(monkeypatch, small_vocabulary):
+    """`_draw_by_cdf` sums only each row's non-zero entries (or, up to `SMALL_VOCABULARY` entries, the whole rows):
+    the tokens must be those that the cumulative sum of the whole row gives for the same uniform numbers (rows mostly
+    zero, as after top-p, and rows without zeros)."""
+    monkeypatch.setattr(serving_worker, "SMALL_VOCABULARY", small_vocabulary)
     generator = torch.Generator().manual_seed(1)
     probs = torch.rand(64, 5000, generator=generator)
     probs[:48][torch.rand(48, 5000, generator=generator) < 0.995] = 0  # sparse rows, a few entries each
@@ -208,7 +213,9 @@ def test_draws_by_cdf_are_those_of_the_whole_rows_cumulative_sum():
         assert _draw_by_cdf(probs, torch.Generator().manual_seed(seed)) == whole_row
 
 
-def test_a_draw_at_the_very_top_of_the_cdf_is_still_a_possible_token(monkeypatch):
+@pytest.mark.parametrize("small_vocabulary", [0, 8192])
+def test_a_draw_at_the_very_top_of_the_cdf_is_still_a_possible_token(monkeypatch, small_vocabulary):
+    monkeypatch.setattr(serving_worker, "SMALL_VOCABULARY", small_vocabulary)
     probs = torch.tensor([[0.3, 0.7, 0.0, 0.0]])  # the trailing zeros must never be drawn
     monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.full(shape, 1.0, dtype=torch.float64))
     assert _draw_by_cdf(probs, torch.Generator()) == [1]
@@ -264,3 +271,33 @@ def test_greedy_replies_decoded_together_with_the_transposed_head_product_equal_
     finally:
         worker.close()
     assert products and max(products) >= serving_worker.HEAD_TRANSPOSED_MIN_ROWS  # rows decoded together took it
+
+
+def test_the_decoding_mask_gives_the_attention_of_the_2d_mask(loaded):  # noqa: F811
+    """A decoding step of a left-padded batch with the worker's prepared 4-D mask: the decoder's hidden states equal
+    those from the 2-D mask `generate()` passes (from which `create_causal_mask` builds its own)."""
+    import copy as copy_module
+
+    from transformers.cache_utils import DynamicCache
+
+    model, tokenizer = loaded
+    assert model.config._attn_implementation == "sdpa"  # the path the mask is prepared for
+    worker = BatchedGenerator(model, tokenizer)
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.ones(4, 9, dtype=torch.long)
+    mask[0, :5], mask[2, :2] = 0, 0  # left padding
+    ids = torch.randint(5, 100, (4, 9), generator=generator)
+    decoder = model.get_decoder()
+    with torch.inference_mode():
+        cache = decoder(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                        cache=DynamicCache(config=model.config), use_cache=True).cache
+        worker._mask = torch.cat([mask, mask.new_ones(4, 1)], dim=1)
+        prepared = worker._decoding_mask()
+        assert prepared.shape == (4, 1, 1, 10) and prepared.dtype == torch.bool
+        step = {"input_ids": torch.randint(5, 100, (4, 1), generator=generator),
+                "position_ids": mask.sum(-1, keepdim=True)}
+        expected = decoder(**step, attention_mask=worker._mask, cache=copy_module.deepcopy(cache)).last_hidden_state
+        result = decoder(**step, attention_mask=prepared, cache=copy_module.deepcopy(cache)).last_hidden_state
+        unmasked = decoder(**step, cache=copy_module.deepcopy(cache)).last_hidden_state
+    assert torch.equal(result, expected)
+    assert not torch.equal(result[0], unmasked[0])  # the padding really is masked out
