@@ -71,13 +71,13 @@ def test_bench_step_settings_times_the_fused_adam_and_kept_memory_alone_and_toge
         ratio(rf"{name} +[\d.]+ s/step +optimizer +[\d.]+ ms +([\d.]+)x", out)
 
 
-def test_bench_head_product_times_both_products_and_names_the_workers_choice():
+def test_bench_head_product_times_the_three_products_and_names_the_workers_choice():
     out = run_benchmark("bench_head_product.py", "--rows", "1", "8", "--rounds", "1")
-    assert re.search(r"CPU: .+, \d+ cores; AVX-512 (True|False), AMX (True|False)", out), out
-    rows = re.findall(r"^ +(\d+) +[\d.]+ +[\d.]+ +([\d.]+)x  (.+)$", out, flags=re.M)
+    assert re.search(r"CPU: .+, \d+ cores; AVX-512 (True|False), AMX (True|False).*oneDNN available True", out), out
+    rows = re.findall(r"^ +(\d+) +[\d.]+ +[\d.]+ +[\d.]+ +([\d.]+)x  (.+)$", out, flags=re.M)
     assert [(r, choice) for r, _, choice in rows] == [  # the seed size's head, then the quickstart's
-        ("1", "hidden @ weight.T (nn.Linear)"), ("8", "weight @ hidden.T"),
-        ("1", "hidden @ weight.T (nn.Linear)"), ("8", "hidden @ weight.T (nn.Linear)")], out
+        ("1", "oneDNN reordered (onednn)"), ("8", "oneDNN reordered (onednn)"),
+        ("1", "hidden @ weight.T (module)"), ("8", "hidden @ weight.T (module)")], out
     assert all(float(value) > 0 for _, value, _ in rows)
 
 

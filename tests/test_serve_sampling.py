@@ -3,8 +3,8 @@
 The in-place twins of the seed's logits processors (`_fast_processors`) and `SortFreeTopPLogitsWarper` must give
 exactly transformers' results (seeded replies equal `generate()`'s); `CandidateTopPLogitsWarper`, the top-p of requests
 without a seed, must keep the tokens `TopPLogitsWarper` keeps; `_draw_by_cdf`, which draws their tokens, must follow
-the probabilities it is given; and `head_logits`, the output head's product for several rows, must equal the head's
-own (greedy replies unchanged).
+the probabilities it is given; and `OutputHead`, the output head's product (through oneDNN with a reordered weight, or
+the large operand first), must equal the head's own and follow the weight (greedy replies unchanged).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from smolite_hf.serving.worker import (
     _draw_by_cdf,
     _fast_processors,
     _in_place,
-    head_logits,
+    OutputHead,
 )
 
 from .test_openai_api import CONVERSATIONS, GREEDY, loaded  # noqa: F401 (the fixture)
@@ -235,42 +235,92 @@ def test_unseeded_sampled_requests_decoded_together_draw_from_their_filtered_sco
         worker.close()
 
 
-def test_the_head_product_for_several_rows_equals_the_heads_own(monkeypatch):
-    """From `HEAD_TRANSPOSED_MIN_ROWS` rows of a large enough float32 head, `head_logits` multiplies `weight @
-    hidden.T`; fewer rows, a small head or another dtype go through the head itself. Either way: the head's logits."""
-    products = []
-    mm = torch.mm
-    monkeypatch.setattr(torch, "mm", lambda a, b: products.append(a.shape) or mm(a, b))
+def test_the_head_product_equals_the_heads_own_through_onednn():
+    """A float32 head of `HEAD_PACKED_MIN_BYTES` or more goes through oneDNN with the weight reordered once, at any row
+    count; a small head, another dtype or another module go through the head itself. Either way: the head's logits."""
+    assert torch.backends.mkldnn.is_available()  # torch's CPU builds have it: the path below must be taken
     big = torch.nn.Linear(256, 9000, bias=False)  # 9.2 MB of float32 weight
-    assert big.weight.nbytes >= serving_worker.HEAD_TRANSPOSED_MIN_BYTES
+    assert big.weight.nbytes >= serving_worker.HEAD_PACKED_MIN_BYTES
+    with_bias = torch.nn.Linear(256, 9000)
     generator = torch.Generator().manual_seed(0)
-    for rows, head, dtype, transposed in [(8, big, torch.float32, True), (16, big, torch.float32, True),
-                                          (serving_worker.HEAD_TRANSPOSED_MIN_ROWS - 1, big, torch.float32, False),
-                                          (8, torch.nn.Linear(256, 100, bias=False), torch.float32, False),
-                                          (8, copy.deepcopy(big).to(torch.bfloat16), torch.bfloat16, False)]:
-        products.clear()
+    for rows, head, dtype, path in [(1, big, torch.float32, "onednn"), (3, big, torch.float32, "onednn"),
+                                    (8, big, torch.float32, "onednn"), (17, big, torch.float32, "onednn"),
+                                    (8, with_bias, torch.float32, "onednn"),
+                                    (8, torch.nn.Linear(256, 100, bias=False), torch.float32, "module"),
+                                    (8, copy.deepcopy(big).to(torch.bfloat16), torch.bfloat16, "module"),
+                                    (8, torch.nn.Sequential(big), torch.float32, "module")]:
+        product = OutputHead(head)
         hidden = torch.randn(rows, 256, generator=generator).to(dtype)
-        with torch.no_grad():
-            logits, expected = head_logits(head, hidden), head(hidden)
-        assert products == ([tuple(head.weight.shape)] if transposed else []), (rows, dtype)
-        assert logits.shape == expected.shape and logits.is_contiguous()
+        with torch.inference_mode():
+            logits, expected = product(hidden), head(hidden)
+        assert product.path(hidden) == path, (rows, dtype, type(head))
+        assert logits.shape == expected.shape and logits.dtype == expected.dtype and logits.is_contiguous()
         torch.testing.assert_close(logits, expected)  # float32 rounding: the same sums in another order
 
 
-def test_greedy_replies_decoded_together_with_the_transposed_head_product_equal_generate_alone(loaded, monkeypatch):  # noqa: F811
-    model, tokenizer = loaded
-    monkeypatch.setattr(serving_worker, "HEAD_TRANSPOSED_MIN_BYTES", 0)  # the tiny model's head takes that path too
+def test_the_reordered_head_weight_follows_the_weight():
+    """The reordered copy is made again when the weight changes in place or is replaced: never stale logits."""
+    head = torch.nn.Linear(256, 9000, bias=False)
+    product = OutputHead(head)
+    hidden = torch.randn(4, 256, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        torch.testing.assert_close(product(hidden), head(hidden))
+        before = product._packed[1]
+    with torch.no_grad():
+        head.weight.mul_(-2)  # in place
+    with torch.inference_mode():
+        torch.testing.assert_close(product(hidden), head(hidden))
+        assert product._packed[1] is not before
+    head.weight = torch.nn.Parameter(torch.randn(9000, 256) / 16)  # replaced
+    with torch.inference_mode():
+        torch.testing.assert_close(product(hidden), head(hidden))
+
+
+def test_without_onednn_the_head_product_takes_the_large_operand_first(monkeypatch):
+    """Where oneDNN is missing or fails its check, `HEAD_TRANSPOSED_MIN_ROWS` rows or more of a large float32 head are
+    multiplied `weight @ hidden.T`, fewer through the head itself: the head's logits either way."""
     products = []
     mm = torch.mm
-    monkeypatch.setattr(torch, "mm", lambda a, b: products.append(len(b.T)) or mm(a, b))
+    monkeypatch.setattr(torch, "mm", lambda a, b: products.append(a.shape) or mm(a, b))
+    big = torch.nn.Linear(256, 9000, bias=False)
+    generator = torch.Generator().manual_seed(0)
+    broken = OutputHead(big)
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", lambda weight, rows: torch.zeros_like(weight))
+    hidden = torch.randn(8, 256, generator=generator)
+    with torch.inference_mode():
+        torch.testing.assert_close(broken(hidden), big(hidden))  # the probe caught the wrong layout
+    assert broken.path(hidden) == "transposed" and products == [tuple(big.weight.shape)] * 1
+    for rows, transposed in [(8, True), (16, True), (serving_worker.HEAD_TRANSPOSED_MIN_ROWS - 1, False)]:
+        products.clear()
+        product = OutputHead(big)
+        product._onednn = False  # as where torch.backends.mkldnn is unavailable
+        hidden = torch.randn(rows, 256, generator=generator)
+        with torch.inference_mode():
+            logits, expected = product(hidden), big(hidden)
+        assert products == ([tuple(big.weight.shape)] if transposed else []), rows
+        assert logits.is_contiguous()
+        torch.testing.assert_close(logits, expected)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_greedy_replies_decoded_together_with_the_head_products_equal_generate_alone(loaded, monkeypatch, onednn):  # noqa: F811
+    model, tokenizer = loaded
+    monkeypatch.setattr(serving_worker, "HEAD_PACKED_MIN_BYTES", 0)  # the tiny model's head takes these paths too
+    paths = []
+    call = OutputHead.__call__
+    monkeypatch.setattr(OutputHead, "__call__", lambda self, hidden: paths.append((self.path(hidden), len(hidden)))
+                        or call(self, hidden))
     expected = [generate_reply(model, tokenizer, messages, max_new_tokens=15, **GREEDY) for messages in CONVERSATIONS[:8]]
-    worker = BatchedGenerator(model, tokenizer).start()
+    worker = BatchedGenerator(model, tokenizer)
+    worker._head._onednn = onednn and worker._head._onednn
+    worker.start()
     try:
         jobs = [worker.submit(*worker.prepare(messages, max_new_tokens=15, **GREEDY)) for messages in CONVERSATIONS[:8]]
         assert [job.result(120).text for job in jobs] == expected
     finally:
         worker.close()
-    assert products and max(products) >= serving_worker.HEAD_TRANSPOSED_MIN_ROWS  # rows decoded together took it
+    taken = {path for path, rows in paths if rows >= serving_worker.HEAD_TRANSPOSED_MIN_ROWS}
+    assert taken == {"onednn" if onednn else "transposed"}  # rows decoded together took it
 
 
 def test_the_decoding_mask_gives_the_attention_of_the_2d_mask(loaded):  # noqa: F811

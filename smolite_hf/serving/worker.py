@@ -2,7 +2,7 @@
 
 Each step runs one forward pass for all running sequences (left-padded, one shared `DynamicCache`), plus one for the
 requests admitted in that step (their prompts, left-padded together), whose caches then join the batch; the output
-head's product for several rows is taken large operand first (`head_logits`, faster on the CPU). Sequences
+head's product runs through oneDNN with the weight laid out for it once (`OutputHead`, faster on the CPU). Sequences
 leave the batch as soon as they finish or their client goes away. The choice of each next token is the request's
 own, made with the logits processors `generate()` builds from the request's `GenerationConfig`
 (`model._get_logits_processor`, as transformers' continuous batching does): the repetition penalty, the `<end>` -5
@@ -241,7 +241,7 @@ class CandidateTopPLogitsWarper(SortFreeTopPLogitsWarper):
         probs = scores.softmax(dim=-1)
         vocabulary, dropped_mass = scores.shape[-1], 1 - self.top_p
         floor = dropped_mass / vocabulary
-        cutoffs, by_itself = [], {}
+        rows, columns, by_itself = [], [], {}
         for i, row in enumerate(probs.numpy()):
             candidates = np.sort(row[row >= floor]).astype(np.float64)  # ascending; none if the row holds NaN
             below = float(row.sum(dtype=np.float64)) - float(candidates.sum())
@@ -249,11 +249,17 @@ class CandidateTopPLogitsWarper(SortFreeTopPLogitsWarper):
             kept = max(len(candidates) - dropped, self.min_tokens_to_keep)
             if kept > len(candidates):
                 by_itself[i] = super().__call__(input_ids, scores[i : i + 1])[0]
-                cutoffs.append(0.0)
-            else:
-                cutoffs.append(candidates[len(candidates) - kept])
-        below_cut = probs < torch.tensor(cutoffs, dtype=probs.dtype)[:, None]
-        processed = (scores.masked_fill_ if in_place else scores.masked_fill)(below_cut, self.filter_value)
+            else:  # the tokens at or above the cut (a NumPy comparison: 10x torch's into a bool tensor here)
+                kept_columns = np.flatnonzero(row >= candidates[len(candidates) - kept])
+                rows.append(np.full(len(kept_columns), i))
+                columns.append(kept_columns)
+        # every score but the kept ones becomes `filter_value`: the kept ones put back into a filled tensor, which
+        # costs a few hundred writes where a mask over the whole (B, V) costs a comparison and a masked write each
+        at = (torch.from_numpy(np.concatenate(rows or [np.zeros(0, np.int64)])),
+              torch.from_numpy(np.concatenate(columns or [np.zeros(0, np.int64)])))
+        kept_scores = scores[at]
+        processed = (scores if in_place else torch.empty_like(scores)).fill_(self.filter_value)
+        processed[at] = kept_scores
         for i, filtered in by_itself.items():
             processed[i] = filtered
         return processed
@@ -274,7 +280,10 @@ def _draw_by_cdf(probs: torch.Tensor, generator: torch.Generator) -> list[int]:
         return torch.searchsorted(cdf, point, right=True)[:, 0].tolist()
     tokens = []
     for row, number in zip(probs, uniform):
-        support = row.nonzero()[:, 0]
+        # the columns of its non-zero entries, in order (on the CPU NumPy's over a comparison: a sixth of the time of
+        # torch's `nonzero`, or of NumPy's on the floats themselves)
+        support = (torch.from_numpy(np.flatnonzero(row.numpy() != 0)) if row.device.type == "cpu"
+                   else row.nonzero()[:, 0])
         cdf = row[support].double().cumsum(dim=-1)
         total = cdf[-1:]
         point = torch.minimum(number * total, torch.nextafter(total, torch.zeros_like(total)))  # below the sum
@@ -373,30 +382,86 @@ def _fast_processors(processors, exact: bool = True):
 # ---------------------------------------------------------------------------------------------------------------
 # the output head's product
 
-# From this many rows and this size of float32 head weight, `head_logits` multiplies `weight @ hidden.T` instead of
-# `hidden @ weight.T` (what `nn.Linear` runs).
+# A float32 head weight of this size or more is multiplied through oneDNN with a weight laid out for it once
+# (`OutputHead`), laid out for products of `HEAD_PACK_ROWS` rows (the layout serves any row count).
+HEAD_PACKED_MIN_BYTES = 8 * 2**20
+HEAD_PACK_ROWS = 8
+# Without oneDNN, from this many rows the product is taken `weight @ hidden.T`, the large operand first.
 HEAD_TRANSPOSED_MIN_ROWS = 4
-HEAD_TRANSPOSED_MIN_BYTES = 8 * 2**20
 
 
-def head_logits(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """`head(hidden)` for hidden states `(B, d)`: the logits `(B, V)`.
+class OutputHead:
+    """`head(hidden)` for a decoding step's hidden states `(B, d)`: the logits `(B, V)`, read from the weight once.
 
-    A decoding step's head product reads the whole `(V, d)` weight (73.7 MB at the seed size) for a few rows, so it
-    is bound by reading it. On the CPU, MKL's float32 product `hidden @ weight.T` takes a path for 4 to 8 rows that
-    costs several times one row's (on the Intel Xeon kind, 1 thread, vocabulary 72000: 10 ms at 1 row, 18 ms at 4,
-    30 ms at 8), while `weight @ hidden.T`, the large operand first, reads the weight once at any row count (13–14
-    ms); below 4 rows, or for a head that fits in the cache, `nn.Linear`'s own product is as fast or faster.
-    `benchmarks/bench_head_product.py` measures both on a machine. The two are the same sums of products, in another
-    order: equal to float32 rounding.
+    A decoding step's head product reads the whole `(V, d)` weight (73.7 MB at the seed size) for a few rows, and
+    MKL's float32 `hidden @ weight.T` (what `nn.Linear` runs) does that badly: on the AMD EPYC kind, one thread, at
+    vocabulary 72000, about 7.5 ms at 1 row and 19 ms at 8, and `weight @ hidden.T`, the large operand first,
+    still 13-15 ms at 8 (on the Intel Xeon kind 8.4 ms at 1 row, 28.9 and 12.6-14.4 at 8). For a float32 head of
+    `HEAD_PACKED_MIN_BYTES` or more on the CPU it multiplies through oneDNN instead, with the weight reordered once
+    into the blocked layout oneDNN's kernels read (`torch.ops.mkldnn._reorder_linear_weight`, the op torch's
+    inductor compiles linear layers to): 5.0 ms at 1 row and 8.4 at 8 on the AMD kind
+    (`benchmarks/bench_head_product.py` measures the three on a machine). The reordered copy costs the weight's size
+    in memory once (70 MiB at the seed size) and follows the weight: it is made again when the weight is changed in
+    place (but for an inference tensor, which keeps no version count) or replaced. It is checked against `nn.Linear` on a probe when made; if oneDNN is missing or that check
+    fails, products of `HEAD_TRANSPOSED_MIN_ROWS` rows or more are taken `weight @ hidden.T`, fewer through the head
+    itself. A small head (the quickstart's 0.7 MiB, in the cache), another dtype or device, or any other module:
+    the head itself. All of these are the same sums of products in other orders: equal to float32 rounding.
     """
-    weight = getattr(head, "weight", None)
-    if (type(head) is torch.nn.Linear and head.bias is None and hidden.dim() == 2
-            and len(hidden) >= HEAD_TRANSPOSED_MIN_ROWS and hidden.device.type == "cpu"
-            and hidden.dtype == weight.dtype == torch.float32
-            and weight.numel() * weight.element_size() >= HEAD_TRANSPOSED_MIN_BYTES):
-        return torch.mm(weight, hidden.t()).t().contiguous()
-    return head(hidden)
+
+    def __init__(self, head: torch.nn.Module):
+        self.head = head
+        self._packed: tuple[tuple[int, int], torch.Tensor] | None = None  # ((data_ptr, _version), reordered weight)
+        self._onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+    def prepare(self) -> None:
+        """Reorder the weight now (else the first product does)."""
+        if self._large_float32_head() and self._onednn:
+            self._reordered()
+
+    def path(self, hidden: torch.Tensor) -> str:
+        """How `hidden` is multiplied: `onednn`, `transposed` or `module`."""
+        if not (self._large_float32_head() and hidden.dim() == 2 and hidden.device.type == "cpu"
+                and hidden.dtype == torch.float32):
+            return "module"
+        if self._onednn and self._reordered() is not None:
+            return "onednn"
+        return "transposed" if len(hidden) >= HEAD_TRANSPOSED_MIN_ROWS and self.head.bias is None else "module"
+
+    def _large_float32_head(self) -> bool:
+        weight = getattr(self.head, "weight", None)
+        return (type(self.head) is torch.nn.Linear and weight.dtype == torch.float32 and weight.device.type == "cpu"
+                and weight.nbytes >= HEAD_PACKED_MIN_BYTES)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        path = self.path(hidden)
+        if path == "onednn":
+            return torch.ops.mkldnn._linear_pointwise(hidden.contiguous(), self._packed[1], self.head.bias, "none",
+                                                      [], "")
+        if path == "transposed":
+            return torch.mm(self.head.weight, hidden.t()).t().contiguous()
+        return self.head(hidden)
+
+    def _reordered(self) -> torch.Tensor | None:
+        """The weight in oneDNN's layout, made again if the weight changed; `None` (and no more tries) if oneDNN
+        cannot take it."""
+        weight = self.head.weight
+        # an inference tensor has no version counter: only its replacement is seen
+        key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version)
+        if self._packed is not None and self._packed[0] == key:
+            return self._packed[1]
+        try:
+            with torch.inference_mode():
+                reordered = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), HEAD_PACK_ROWS)
+                probe = torch.randn(2, weight.shape[1], generator=torch.Generator().manual_seed(0))
+                got = torch.ops.mkldnn._linear_pointwise(probe, reordered, None, "none", [], "")
+                expected = torch.nn.functional.linear(probe, weight.detach())
+                torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()) + 1e-6)
+        except Exception as error:  # an unusual build or layout: the MKL paths
+            logger.warning("the output head's product goes without oneDNN: %s", error)
+            self._onednn, self._packed = False, None
+            return None
+        self._packed = (key, reordered)
+        return reordered
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -457,6 +522,7 @@ class BatchedGenerator:
         # the draws of requests without a seed (seeded from torch's global generator, so `torch.manual_seed` first
         # makes a whole run repeatable)
         self._generator = torch.Generator(device=model.device).manual_seed(int(torch.randint(0, 2**62, ())))
+        self._head = OutputHead(model.get_output_embeddings())
 
     # -- the server's side ---------------------------------------------------------------------------------------
 
@@ -519,6 +585,7 @@ class BatchedGenerator:
 
     def _run(self) -> None:
         with torch.inference_mode():
+            self._head.prepare()
             while True:
                 with self._lock:
                     while not self._closing and not self._waiting and not self._rows:
@@ -547,7 +614,7 @@ class BatchedGenerator:
             prompt_hidden, cache, mask = self._prefill(newcomers)
             hidden.append(prompt_hidden)
         if hidden:
-            logits = head_logits(self.model.get_output_embeddings(), torch.cat(hidden)).float()
+            logits = self._head(torch.cat(hidden)).float()
             self._choose(self._rows + newcomers, logits)
         if newcomers:
             self._join(newcomers, cache, mask)
@@ -627,7 +694,7 @@ class BatchedGenerator:
 
     def _forward(self, **inputs) -> tuple[torch.Tensor, DynamicCache]:
         """The decoder on `inputs`: `(hidden state (B, d) at each row's last position, cache)`. With the output head
-        on it (`head_logits`) it is what `model(**inputs, logits_to_keep=1)` computes."""
+        on it (`OutputHead`) it is what `model(**inputs, logits_to_keep=1)` computes."""
         outputs = self.model.get_decoder()(**inputs, use_cache=True)
         return outputs.last_hidden_state[:, -1], outputs.cache
 
@@ -762,4 +829,4 @@ class BatchedGenerator:
             self.stats["failed"] += len(jobs)
 
 
-__all__ = ["BatchedGenerator", "Delta", "Failed", "Finished", "GenerationJob", "Overloaded"]
+__all__ = ["BatchedGenerator", "Delta", "Failed", "Finished", "GenerationJob", "OutputHead", "Overloaded"]
