@@ -40,16 +40,25 @@ TRAINED_PER_ROW = 60
 
 
 def cpu_description() -> dict:
-    flags, model = set(), platform.processor()
+    """The CPU's model name, with its family and model numbers where the name alone does not tell generations apart
+    (virtual machines report AMD's EPYC generations, Zen 3 to Zen 5, all as "AMD EPYC"), and the features that decide
+    the speed of its matrix products."""
+    flags, model, numbers = set(), platform.processor(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "model name" and model in ("", platform.processor()):
+                model = value
+            elif key in ("cpu family", "model"):
+                numbers.setdefault(key, value)
+            elif key == "flags":
+                flags = set(value.split())
                 break
     except OSError:
         pass
+    if numbers:
+        model = f"{model} (family {numbers.get('cpu family', '?')}, model {numbers.get('model', '?')})"
     return {
         "model": model,
         "cores": os.cpu_count(),

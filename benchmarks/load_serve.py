@@ -2,18 +2,21 @@
 
     python benchmarks/load_serve.py runs/quickstart --seed-size --clients 1 8 32 --seconds 8 --rounds 3
 
-For each model — the folders given, and with `--seed-size` a seed-size Smolite with random weights (vocabulary
-72000, hidden 256, 6 layers; the tokenizer of the first folder) — it starts `smolite serve` in two modes, each as its
-own process (so its memory is measured alone): `batched` (`--max-running 16`, the default) and `one-at-a-time`
+For each model — the folders given, and with `--seed-size` a seed-size Smolite with random weights (vocabulary 72000,
+hidden 256, 6 layers; the tokenizer of the first folder) — it starts `smolite serve` in two modes, each as its own
+process (so its memory is measured alone): `batched` (`--max-running 16`, the default) and `one-at-a-time`
 (`--max-running 1`, the same server decoding one request at a time). For each client count the two modes take turns
 for `--rounds` runs each of `--seconds` (ABBA order, so that a machine slowing down or speeding up weighs on both):
 every client streams `POST /v1/chat/completions` requests (the folder's sampling settings, `max_tokens`
 `--max-new-tokens`, usage included) back to back. Reported per mode and client count, over its rounds: aggregate
-generated tokens/s (the usage counts over the runs' wall time), time to first content chunk and end-to-end latency
-(p50/p99), errors (a non-200 answer, an error chunk, or a stream without `[DONE]`), and the server's resident memory
-at the start and end; and the ratio batched / one-at-a-time, the median of the rounds' ratios (each round's two runs
-are next to each other in time). Then, once per server, malformed requests (oversized query, invalid UTF-8, bad
-numbers, unknown fields, bad JSON) must each get a 4xx naming the field, and the server must still answer afterwards.
+generated tokens/s (the usage counts over the runs' wall time, and the server's own count over the part of each run
+in which every client has a request in flight: "while all clients wait", which leaves out the end of a run, when the
+clients have stopped sending and the last replies finish in an emptying batch), time to first content chunk and
+end-to-end latency (p50/p99), errors (a non-200 answer, an error chunk, or a stream without `[DONE]`), and the
+server's resident memory at the start and end; and the ratios batched / one-at-a-time of both, each the median of the
+rounds' ratios (each round's two runs are next to each other in time). Then, once per server, malformed requests
+(oversized query, invalid UTF-8, bad numbers, unknown fields, bad JSON) must each get a 4xx naming the field, and the
+server must still answer afterwards.
 
 `--json` prints one JSON object as the last line (`runs`: one entry per model, mode and client count; top-level
 totals for the smoke test in `tests/test_benchmarks.py`).
@@ -25,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -36,19 +38,12 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench_vs_keras import cpu_description  # the CPU model and features, printed alike by every benchmark
 
 MESSAGES = ["안녕하세요", "주말에 뭐 하면 좋을까?", "오늘 날씨 어때?", "배고파", "요즘 뭐 읽어?", "잘 자!", "영화 추천해 줘", "피곤하다"]
 MODES = {"batched": 16, "one-at-a-time": 1}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rss_mib(pid: int) -> float:
@@ -162,10 +157,25 @@ async def one_request(client: httpx.AsyncClient, server: Server, message: str, m
     return {"ttft": first if first is not None else total, "e2e": total, "tokens": tokens, "error": error}
 
 
+async def generated_tokens(client: httpx.AsyncClient, server: Server) -> float:
+    """The server's `smolite_generated_tokens_total` (`GET /metrics`)."""
+    response = await client.get(f"{server.url}/metrics")
+    response.raise_for_status()
+    for family in text_string_to_metric_families(response.text):
+        if family.name == "smolite_generated_tokens":
+            return family.samples[0].value
+    raise SystemExit(f"{server.url}/metrics has no smolite_generated_tokens_total")
+
+
 async def load(server: Server, clients: int, seconds: float, max_tokens: int, temperature: float | None = None) -> dict:
+    """`clients` clients sending requests back to back for `seconds`; each then waits for its last reply. Tokens/s
+    over the whole run, and over the window in which every client has a request in flight (`steady_tokens_per_s`:
+    the server's token count from the start to `seconds`; the wait for the last replies, in which fewer and fewer
+    requests are left to share the batch, is outside it)."""
     records: list[dict] = []
-    stop_at = time.monotonic() + seconds
     samples = [server.rss()]
+    metrics = httpx.AsyncClient(timeout=30)
+    window: dict[str, float] = {}
 
     async def client_loop(seed: int) -> None:
         chooser = random.Random(seed)
@@ -178,11 +188,21 @@ async def load(server: Server, clients: int, seconds: float, max_tokens: int, te
             await asyncio.sleep(1.0)
             samples.append(server.rss())
 
+    async def end_of_window() -> None:
+        await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
+        window["seconds"] = time.monotonic() - started
+        window["tokens"] = await generated_tokens(metrics, server) - before
+
+    before = await generated_tokens(metrics, server)
     started = time.monotonic()
+    stop_at = started + seconds
     sampler = asyncio.create_task(sample_memory())
+    ender = asyncio.create_task(end_of_window())
     await asyncio.gather(*(client_loop(i) for i in range(clients)))
     elapsed = time.monotonic() - started
+    await ender
     sampler.cancel()
+    await metrics.aclose()
     samples.append(server.rss())
     good = [r for r in records if r["error"] is None]
     errors = [r["error"] for r in records if r["error"] is not None]
@@ -190,6 +210,8 @@ async def load(server: Server, clients: int, seconds: float, max_tokens: int, te
         "clients": clients, "seconds": round(elapsed, 1), "requests": len(records), "errors": len(errors),
         "error_examples": errors[:3], "tokens": sum(r["tokens"] for r in good),
         "tokens_per_s": round(sum(r["tokens"] for r in good) / elapsed, 1),
+        "steady_seconds": window["seconds"], "steady_tokens": window["tokens"],
+        "steady_tokens_per_s": round(window["tokens"] / window["seconds"], 1),
         "ttft_p50_s": percentile([r["ttft"] for r in good], 0.5), "ttft_p99_s": percentile([r["ttft"] for r in good], 0.99),
         "e2e_p50_s": percentile([r["e2e"] for r in good], 0.5), "e2e_p99_s": percentile([r["e2e"] for r in good], 0.99),
         "rss_mib_start": round(samples[0], 1), "rss_mib_end": round(samples[-1], 1), "rss_mib_max": round(max(samples), 1),
@@ -206,6 +228,8 @@ def combine(parts: list[dict]) -> dict:
         "requests": sum(p["requests"] for p in parts), "errors": sum(p["errors"] for p in parts),
         "error_examples": [e for p in parts for e in p["error_examples"]][:3], "tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 1),
+        "steady_tokens_per_s": round(sum(p["steady_tokens"] for p in parts)
+                                     / sum(p["steady_seconds"] for p in parts), 1),
         "ttft_p50_s": percentile(ttft, 0.5), "ttft_p99_s": percentile(ttft, 0.99),
         "e2e_p50_s": percentile(e2e, 0.5), "e2e_p99_s": percentile(e2e, 0.99),
         "rss_mib_start": parts[0]["rss_mib_start"], "rss_mib_end": parts[-1]["rss_mib_end"],
@@ -281,11 +305,14 @@ def main() -> int:
         folders.append(("seed size, random weights", str(seed_size_folder(args.model_dirs[0], scratch))))
     import torch
 
-    machine = {"temperature": args.temperature, "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
+    cpu = cpu_description()
+    machine = {"temperature": args.temperature, "cpu": cpu["model"], "cores": os.cpu_count(),
+               "features": [name for name in ("avx512f", "avx512_bf16", "amx") if cpu[name]] or ["no AVX-512"],
+               "torch_threads": args.threads or torch.get_num_threads(),
                "torch": torch.__version__}
     if not args.json:
-        print(f"CPU: {machine['cpu']} ({machine['cores']} cores; servers with {machine['torch_threads']} torch threads, "
-              f"torch {machine['torch']}); replies of up to {args.max_new_tokens} tokens, {args.seconds:g} s per run, "
+        print(f"CPU: {machine['cpu']} ({machine['cores']} cores; {', '.join(machine['features'])}; servers with "
+              f"{machine['torch_threads']} torch threads, torch {machine['torch']}); replies of up to {args.max_new_tokens} tokens, {args.seconds:g} s per run, "
               f"temperature {'of the folder' if args.temperature is None else args.temperature}")
     runs, rounds, bad, alive = [], [], [], True
     try:
@@ -301,14 +328,17 @@ def main() -> int:
                             parts[mode].append(asyncio.run(load(servers[mode], clients, args.seconds,
                                                                 args.max_new_tokens, args.temperature)))
                     if len(parts) == 2 and all(p["tokens_per_s"] for p in parts["one-at-a-time"]):
-                        ratios = [b["tokens_per_s"] / o["tokens_per_s"]
-                                  for b, o in zip(parts["batched"], parts["one-at-a-time"])]
-                        rounds.append({"model": label, "clients": clients, "ratios": [round(r, 2) for r in ratios]})
+                        pairs = list(zip(parts["batched"], parts["one-at-a-time"]))
+                        ratios = {key: [round(b[key] / o[key], 2) for b, o in pairs]
+                                  for key in ("tokens_per_s", "steady_tokens_per_s")}
+                        rounds.append({"model": label, "clients": clients, "ratios": ratios["tokens_per_s"],
+                                       "steady_ratios": ratios["steady_tokens_per_s"]})
                     for mode, measured in parts.items():
                         run = dict(combine(measured), model=label, mode=mode)
                         runs.append(run)
                         if not args.json:
-                            print(f"  {label:28s} {mode:14s} {clients:3d} clients: {run['tokens_per_s']:7.1f} tokens/s, "
+                            print(f"  {label:28s} {mode:14s} {clients:3d} clients: {run['tokens_per_s']:7.1f} tokens/s "
+                                  f"({run['steady_tokens_per_s']:.1f} while all clients wait), "
                                   f"TTFT p50 {run['ttft_p50_s']} s p99 {run['ttft_p99_s']} s, end to end p50 "
                                   f"{run['e2e_p50_s']} s p99 {run['e2e_p99_s']} s, {run['requests']} requests, "
                                   f"{run['errors']} errors, RSS {run['rss_mib_start']} -> {run['rss_mib_end']} MiB",
@@ -323,7 +353,8 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     speedups = [{"model": r["model"], "clients": r["clients"], "speedup": round(statistics.median(r["ratios"]), 2),
-                 "rounds": r["ratios"]} for r in rounds]
+                 "rounds": r["ratios"], "steady_speedup": round(statistics.median(r["steady_ratios"]), 2),
+                 "steady_rounds": r["steady_ratios"]} for r in rounds]
     ttfts = [t for r in runs for t in r.pop("_ttft")]
     e2es = [t for r in runs for t in r.pop("_e2e")]
     report = {
@@ -337,15 +368,18 @@ def main() -> int:
         print(json.dumps(report, ensure_ascii=False))
     else:
         print()
-        print("| model | clients | mode | tokens/s | TTFT p50 / p99 | end to end p50 / p99 | requests | errors | server RSS |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| model | clients | mode | tokens/s | tokens/s while all clients wait | TTFT p50 / p99 "
+              "| end to end p50 / p99 | requests | errors | server RSS |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in runs:
-            print(f"| {r['model']} | {r['clients']} | {r['mode']} | {r['tokens_per_s']} | {r['ttft_p50_s']} / "
+            print(f"| {r['model']} | {r['clients']} | {r['mode']} | {r['tokens_per_s']} | {r['steady_tokens_per_s']} | "
+                  f"{r['ttft_p50_s']} / "
                   f"{r['ttft_p99_s']} s | {r['e2e_p50_s']} / {r['e2e_p99_s']} s | {r['requests']} | {r['errors']} | "
                   f"{r['rss_mib_start']:.0f} → {r['rss_mib_end']:.0f} MiB |")
         for s in speedups:
             print(f"batched / one-at-a-time, {s['model']}, {s['clients']} clients: {s['speedup']}x tokens/s "
-                  f"(median of the rounds: {', '.join(f'{r}x' for r in s['rounds'])})")
+                  f"(median of the rounds: {', '.join(f'{r}x' for r in s['rounds'])}); while all clients wait "
+                  f"{s['steady_speedup']}x ({', '.join(f'{r}x' for r in s['steady_rounds'])})")
         print(f"malformed requests: {report['malformed_answered_4xx_naming_the_field']}/{report['malformed_requests']} "
               f"answered 4xx naming the field; servers alive after: {alive}")
         for failure in report["malformed_failures"]:

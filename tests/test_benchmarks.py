@@ -112,6 +112,10 @@ def test_load_serve_reports_no_errors_and_every_malformed_request_refused(conver
     assert [run["rounds"] for run in report["runs"]] == [2, 2]  # both modes, two turns each
     (speedup,) = report["speedups"]
     assert len(speedup["rounds"]) == 2 and min(speedup["rounds"]) <= speedup["speedup"] <= max(speedup["rounds"])
+    assert len(speedup["steady_rounds"]) == 2
+    assert min(speedup["steady_rounds"]) <= speedup["steady_speedup"] <= max(speedup["steady_rounds"])
+    for run in report["runs"]:  # the server's count over the window: tokens were generated in it
+        assert run["steady_tokens_per_s"] > 0, run
     assert report["malformed_requests"] >= 10
     assert report["malformed_answered_4xx_naming_the_field"] == report["malformed_requests"]
     assert report["server_alive_after"] is True
