@@ -124,6 +124,30 @@ def test_processors_without_an_in_place_twin_are_called_as_they_are(loaded):  # 
                            LogitsProcessorList(seed_processors)(history_, scores_.clone()))
 
 
+def test_processors_taking_more_arguments_keep_the_library_list(loaded):  # noqa: F811
+    """A processor whose `__call__` takes more than `(input_ids, scores)` gets them from `LogitsProcessorList`, so the
+    worker then uses the list itself — told by the class's signature (read once per class), by an instance's own
+    `__call__`, or by a callable class attribute."""
+    from transformers import LogitsProcessor
+
+    model, _ = loaded
+
+    class WithKeywords(LogitsProcessor):
+        def __call__(self, input_ids, scores, **kwargs):
+            return scores
+
+    class Plain(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return scores
+
+    own = Plain()
+    own.__call__ = lambda input_ids, scores, cur_len=0: scores
+    seed = list(library_processors(model, prompt_length=2))
+    assert not isinstance(_fast_processors(seed + [Plain()]), LogitsProcessorList)
+    for extra in (WithKeywords(), WithKeywords(), own):  # twice: the class's answer read from the cache
+        assert isinstance(_fast_processors(seed + [extra]), LogitsProcessorList), extra
+
+
 @pytest.mark.parametrize("kind", ["normal", "sharp", "suppressed", "nan"])
 def test_the_candidate_top_p_keeps_the_tokens_transformers_keeps(kind):
     """The same kept tokens as `TopPLogitsWarper`, but for one whose ascending cumulative probability (in float64)
@@ -351,3 +375,30 @@ def test_the_decoding_mask_gives_the_attention_of_the_2d_mask(loaded):  # noqa: 
         unmasked = decoder(**step, cache=copy_module.deepcopy(cache)).last_hidden_state
     assert torch.equal(result, expected)
     assert not torch.equal(result[0], unmasked[0])  # the padding really is masked out
+
+
+def test_the_prompt_mask_gives_the_attention_and_cache_of_the_2d_mask(loaded):  # noqa: F811
+    """Left-padded prompts prefilled with the worker's prepared 4-D mask: the decoder's hidden states at every
+    position, padding included, and the cache equal those from the 2-D mask (from which `create_causal_mask` builds
+    its own), so the decoding steps after it see the same keys and values."""
+    from transformers.cache_utils import DynamicCache
+
+    model, tokenizer = loaded
+    assert model.config._attn_implementation == "sdpa"  # the path the mask is prepared for
+    worker = BatchedGenerator(model, tokenizer)
+    generator = torch.Generator().manual_seed(1)
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[0, :6], mask[2, :1] = 0, 0  # left padding
+    prepared = worker._prompt_mask(mask)
+    assert prepared.shape == (3, 1, 11, 11) and prepared.dtype == torch.bool
+    inputs = {"input_ids": torch.randint(5, 100, (3, 11), generator=generator),
+              "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "use_cache": True}
+    decoder = model.get_decoder()
+    with torch.inference_mode():
+        expected = decoder(**inputs, attention_mask=mask, cache=DynamicCache(config=model.config))
+        result = decoder(**inputs, attention_mask=prepared, cache=DynamicCache(config=model.config))
+        causal_only = decoder(**inputs, cache=DynamicCache(config=model.config)).last_hidden_state
+    assert torch.equal(result.last_hidden_state, expected.last_hidden_state)
+    for mine, theirs in zip(result.cache.layers, expected.cache.layers):
+        assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
+    assert not torch.equal(result.last_hidden_state[0, 6:], causal_only[0, 6:])  # the padding really is masked out
