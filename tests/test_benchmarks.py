@@ -120,3 +120,13 @@ def test_load_serve_reports_no_errors_and_every_malformed_request_refused(conver
     assert report["malformed_answered_4xx_naming_the_field"] == report["malformed_requests"]
     assert report["server_alive_after"] is True
     assert report["ttft_p50_s"] <= report["e2e_p50_s"]
+
+
+def test_bench_serve_worker_prints_both_ratios_of_the_worker_alone(converted_dir):
+    out = run_benchmark("bench_serve_worker.py", str(converted_dir), "--rows", "2", "--new-tokens", "4",
+                        "--seconds", "1", "--rounds", "2", "--threads", "1")
+    assert re.search(r"CPU: .+ \(\d+ cores; .+\); 1 torch threads", out), out
+    ratio(r"2 requests together [\d.]+ tokens/s, one alone [\d.]+ tokens/s \(medians of 2\): ([\d.]+)x", out)
+    measured = ratio(r"2 clients back to back, batched [\d., ]+ tokens/s, one-at-a-time [\d., ]+: ([\d.]+)x", out)
+    rounds = [float(r.rstrip("x")) for r in re.search(r"median of the rounds: ([\d.x, ]+)\)", out).group(1).split(", ")]
+    assert len(rounds) == 2 and min(rounds) <= measured <= max(rounds)
