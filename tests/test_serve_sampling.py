@@ -85,13 +85,14 @@ def library_processors(model, prompt_length: int, **overrides) -> LogitsProcesso
 
 @pytest.mark.parametrize("vocab", [1500, 72000])
 @pytest.mark.parametrize("overrides", [{}, {"suppress_tokens": [0, 3, 10**6]}, {"temperature": 1.3, "top_p": 0.5},
-                                       {"sequence_bias": [[[4], -5.0], [[7], 2.5]], "repetition_penalty": 1.5}])
+                                       {"sequence_bias": [[[4], -5.0], [[7], 2.5]], "repetition_penalty": 1.5},
+                                       {"min_length": 0, "min_new_tokens": 8}])
 def test_the_in_place_processors_equal_transformers_own(loaded, vocab, overrides):  # noqa: F811
     """The seed's processors in place give `LogitsProcessorList`'s scores bit for bit: below and past the minimum
     length, histories of repeated tokens, `-inf` and ties in the scores."""
     model, _ = loaded
     generator = torch.Generator().manual_seed(vocab)
-    for length in (3, 9, 10, 40):  # the minimum length is 10: <end> is forbidden below it
+    for length in (3, 9, 10, 40):  # the minimum length is 10 (or 2 + 8 new tokens): <end> is forbidden below it
         processors = library_processors(model, prompt_length=2, **overrides)
         twins = [_in_place(p) for p in processors]
         assert all(twin is not None for twin in twins), [type(p).__name__ for p in processors]  # none left out
@@ -257,6 +258,29 @@ def test_unseeded_sampled_requests_decoded_together_draw_from_their_filtered_sco
         assert [job.result(120).text for job in jobs] == expected
     finally:
         worker.close()
+
+
+def test_requests_with_a_minimum_of_new_tokens_share_processor_calls_and_decode_as_alone(loaded):  # noqa: F811
+    """`min_new_tokens` adds `MinNewTokensLengthLogitsProcessor`, which has an in-place twin: requests with one
+    prompt length share each call (without it, every such row was processed alone), and greedy replies decoded
+    together equal `generate()` alone, `<end>` held back for the minimum."""
+    model, tokenizer = loaded
+    settings = {**GREEDY, "min_length": 0, "min_new_tokens": 9, "sequence_bias": [[[model.config.eos_token_id], 50.0]]}
+    worker = BatchedGenerator(model, tokenizer)
+    rows = [worker._start(serving_worker.GenerationJob(*worker.prepare(CONVERSATIONS[0], max_new_tokens=14, **settings),
+                                                        seed=None, stop=(), loop=None, on_cancel=None))
+            for _ in range(2)]
+    assert rows[0].batch_key() is not None and rows[0].batch_key() == rows[1].batch_key()
+    conversations = CONVERSATIONS[:4]
+    expected = [generate_reply(model, tokenizer, messages, max_new_tokens=14, **settings) for messages in conversations]
+    worker.start()
+    try:
+        jobs = [worker.submit(*worker.prepare(messages, max_new_tokens=14, **settings)) for messages in conversations]
+        results = [job.result(120) for job in jobs]
+    finally:
+        worker.close()
+    assert [result.text for result in results] == expected
+    assert all(result.completion_tokens == 10 and result.finish_reason == "stop" for result in results)  # <end> at 10
 
 
 def test_the_head_product_equals_the_heads_own_through_onednn():

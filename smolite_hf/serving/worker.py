@@ -50,6 +50,7 @@ from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import (
     LogitsProcessorList,
     MinLengthLogitsProcessor,
+    MinNewTokensLengthLogitsProcessor,
     MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
     SequenceBiasLogitsProcessor,
@@ -341,8 +342,8 @@ def _in_place(processor, exact: bool = True):
 
     - repetition penalty: gather, penalise, `scatter_` back (its own steps, without the padding column for ids past
       the vocabulary, which only arise if the prompt holds them: then its own call);
-    - minimum length: `index_fill_` of the end tokens with -inf while the history is short, else nothing (its own
-      call returns an unchanged copy);
+    - minimum length, and minimum new tokens: `index_fill_` of the end tokens with -inf while the history is short,
+      else nothing (their own calls return an unchanged copy);
     - sequence bias of single tokens only: `add_` of its prepared bias row (its own call adds `zeros + that row`,
       the same numbers);
     - suppressed tokens: `index_fill_` with -inf; temperature: `div_`; top-p: `SortFreeTopPLogitsWarper` filling in
@@ -368,6 +369,13 @@ def _in_place(processor, exact: bool = True):
             return scores
 
         return min_length
+    if kind is MinNewTokensLengthLogitsProcessor:
+        def min_new_tokens(input_ids, scores):
+            if input_ids.shape[-1] - processor.prompt_length_to_skip < processor.min_new_tokens:
+                scores.index_fill_(-1, _columns(processor.eos_token_id, scores), -math.inf)
+            return scores
+
+        return min_new_tokens
     if kind is SequenceBiasLogitsProcessor and all(len(sequence) == 1 for sequence in processor.sequence_bias):
         def sequence_bias(input_ids, scores):
             if scores.dtype != torch.float32:  # its zeros would be of the scores' dtype, its sum rounded there
@@ -536,9 +544,12 @@ class OutputHead:
 # one running sequence
 
 # Processors that treat each row on its own whatever the other rows hold, so that requests with equal configurations
-# share one call (histories left-padded with each row's own first token, which changes nothing for them).
-_ROW_WISE = (MinLengthLogitsProcessor, SuppressTokensLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
-             TopPLogitsWarper, MinPLogitsWarper)
+# share one call (histories left-padded with each row's own first token, which changes nothing for them). The two
+# minimum lengths read the history's length: the rows of one call are all below the minimum or all past it
+# (`_Sequence.batch_key`), and share it and, with `min_new_tokens`, the prompt's length (`min_length` is the two's
+# sum, and part of the group).
+_ROW_WISE = (MinLengthLogitsProcessor, MinNewTokensLengthLogitsProcessor, SuppressTokensLogitsProcessor,
+             TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper)
 
 
 def _row_wise(processor) -> bool:
