@@ -11,8 +11,9 @@ For each model — the folders given, and with `--seed-size` the seed-size Smoli
   the medians;
 - *back to back*: `--rows` threads each submitting requests one after the other (`load_serve.py`'s messages, its 30
   tokens, the folder's sampling settings, prompts and settings prepared beforehand) for `--seconds`, to a worker
-  decoding up to 16 together and to one decoding one at a time (`max_running` 1), taking turns for `--rounds` runs
-  (ABBA order); generated tokens/s, and the ratio as the median of the rounds' ratios.
+  decoding up to 16 together, to one doing the same with every prompt in a pass of its own (`merge_prompts=False`,
+  not in the running rows' decoding pass) and to one decoding one at a time (`max_running` 1), taking turns for
+  `--rounds` runs (ABC, CBA, ... order); generated tokens/s, and each ratio as the median of the rounds' ratios.
 
 `load_serve.py` measures the same two settings of the worker behind `smolite serve`; the ratio here is what
 batching gains before the server's own work per request and per token, which grows with the tokens a second (README,
@@ -99,6 +100,8 @@ def main() -> int:
         for label, folder in folders:
             model, tokenizer = load_chat_model(folder)
             workers = {"batched": BatchedGenerator(model, tokenizer, max_running=16, max_waiting=64).start(),
+                       "prompts apart": BatchedGenerator(model, tokenizer, max_running=16, max_waiting=64,
+                                                         merge_prompts=False).start(),
                        "one-at-a-time": BatchedGenerator(model, tokenizer, max_running=1, max_waiting=64).start()}
             together(workers["batched"], args.rows, args.new_tokens)  # warm up
             alone, batch = [], []
@@ -120,11 +123,19 @@ def main() -> int:
             finally:
                 for worker in workers.values():
                     worker.close()
-            ratios = [b / o for b, o in zip(measured["batched"], measured["one-at-a-time"])]
-            print(f"{label}: {args.rows} clients back to back, batched "
-                  f"{', '.join(f'{x:.1f}' for x in measured['batched'])} tokens/s, one-at-a-time "
-                  f"{', '.join(f'{x:.1f}' for x in measured['one-at-a-time'])}: {statistics.median(ratios):.2f}x "
-                  f"(median of the rounds: {', '.join(f'{r:.2f}x' for r in ratios)})", flush=True)
+            def rounds(mode: str) -> str:
+                return ", ".join(f"{x:.1f}" for x in measured[mode])
+
+            def ratio(mode: str, reference: str) -> str:
+                ratios = [m / r for m, r in zip(measured[mode], measured[reference])]
+                return (f"{statistics.median(ratios):.2f}x (median of the rounds: "
+                        f"{', '.join(f'{r:.2f}x' for r in ratios)})")
+
+            print(f"{label}: {args.rows} clients back to back, batched {rounds('batched')} tokens/s, one-at-a-time "
+                  f"{rounds('one-at-a-time')}: {ratio('batched', 'one-at-a-time')}", flush=True)
+            print(f"{label}: {args.rows} clients back to back, prompts in a pass of their own "
+                  f"{rounds('prompts apart')} tokens/s: batched / prompts apart {ratio('batched', 'prompts apart')}",
+                  flush=True)
     return 0
 
 

@@ -269,9 +269,16 @@ def test_requests_that_are_not_json_too_large_or_for_another_model(server):
 # batching
 
 
-def test_concurrent_greedy_replies_are_token_identical_to_generate_alone(server, loaded):
-    """Ten requests of different lengths and caps: six start together, four join the running batch."""
+@pytest.mark.parametrize("merged", [True, False])
+def test_concurrent_greedy_replies_are_token_identical_to_generate_alone(server, loaded, monkeypatch, merged):
+    """Ten requests of different lengths and caps: six start together, four join the running batch — their prompts
+    in its decoding pass (`merged`), or in a pass of their own."""
     worker, url = server
+    if not merged:
+        monkeypatch.setattr(worker, "merge_prompts", False)
+    merges = []
+    merge = worker._decode_and_prefill
+    monkeypatch.setattr(worker, "_decode_and_prefill", lambda newcomers: merges.append(len(newcomers)) or merge(newcomers))
     caps = [30, 12, 25, 8, 20, 30, 5, 17, 30, 10]
     expected = [reference(loaded, messages, cap) for messages, cap in zip(CONVERSATIONS, caps)]
 
@@ -297,6 +304,7 @@ def test_concurrent_greedy_replies_are_token_identical_to_generate_alone(server,
     for i, ((text, tokens), (expected_text, expected_tokens, _)) in enumerate(zip(results, expected)):
         assert (text, tokens) == (expected_text, expected_tokens), f"request {i}"
     assert max(sizes) >= 5  # they were decoded together, not one after another
+    assert (sum(merges) >= 1) == merged  # some joined in a merged pass, or none
 
 
 def test_each_request_samples_with_its_own_settings_and_seed(server, loaded):

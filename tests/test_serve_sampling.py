@@ -426,3 +426,67 @@ def test_the_prompt_mask_gives_the_attention_and_cache_of_the_2d_mask(loaded):  
     for mine, theirs in zip(result.cache.layers, expected.cache.layers):
         assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values)
     assert not torch.equal(result.last_hidden_state[0, 6:], causal_only[0, 6:])  # the padding really is masked out
+
+
+def _worker_with_running_rows(model, tokenizer, running, steps):
+    """A worker (its thread not started) decoding the greedy requests `running` (conversations), `steps` tokens in."""
+    worker = BatchedGenerator(model, tokenizer)
+    rows = [worker._start(worker.submit(*worker.prepare(messages, max_new_tokens=40, **GREEDY))) for messages in running]
+    hidden, cache, mask = worker._prefill(rows)
+    worker._join(rows, cache, mask)
+    for step in range(steps):
+        for row in rows:
+            row.ids.append(10 + step)  # the token each row chose (not in the cache yet)
+        if step < steps - 1:
+            worker._decode()
+    return worker
+
+
+@pytest.mark.parametrize("running, joining, steps", [
+    (CONVERSATIONS[:5], CONVERSATIONS[5:7], 12),  # the batch wider than the prompts
+    (CONVERSATIONS[5:6] + CONVERSATIONS[7:9], CONVERSATIONS[2:3] + CONVERSATIONS[6:7], 1),  # a prompt wider than it
+])
+def test_a_merged_pass_equals_a_decoding_step_and_a_prefill_then_the_join(loaded, running, joining, steps):  # noqa: F811
+    """`_decode_and_prefill` (the newcomers' prompts in the running rows' pass) against what it replaces — `_decode`,
+    `_prefill` of the prompts and `_join`: the same hidden states, the same mask, the same keys and values at every
+    real position, and the same hidden states at the step after."""
+    model, tokenizer = loaded
+    separate = _worker_with_running_rows(model, tokenizer, running, steps)
+    merged = _worker_with_running_rows(model, tokenizer, running, steps)
+    assert merged._can_merge([merged._start(merged.submit(*merged.prepare(m, **GREEDY))) for m in joining])
+    with torch.inference_mode():
+        newcomers = [separate._start(separate.submit(*separate.prepare(m, max_new_tokens=40, **GREEDY))) for m in joining]
+        hidden = separate._decode()
+        prompt_hidden, cache, mask = separate._prefill(newcomers)
+        separate._join(newcomers, cache, mask)
+        expected = torch.cat([hidden, prompt_hidden])
+        newcomers = [merged._start(merged.submit(*merged.prepare(m, max_new_tokens=40, **GREEDY))) for m in joining]
+        result = merged._decode_and_prefill(newcomers)
+        assert len(merged._rows) == len(running) + len(joining) and merged._rows[-len(joining):] == newcomers
+        torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+        assert torch.equal(merged._mask, separate._mask)
+        real = separate._mask.bool()[:, None, :, None]  # (B, 1, W, 1) over (B, heads, W, head_dim)
+        for mine, theirs in zip(merged._cache.layers, separate._cache.layers):
+            assert mine.keys.shape == theirs.keys.shape
+            torch.testing.assert_close(mine.keys * real, theirs.keys * real, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(mine.values * real, theirs.values * real, rtol=1e-5, atol=1e-5)
+        for worker in (separate, merged):
+            for row in worker._rows:
+                row.ids.append(42)
+        torch.testing.assert_close(merged._decode(), separate._decode(), rtol=1e-5, atol=1e-5)
+
+
+def test_prompts_are_merged_only_into_a_pass_of_bounded_attention_with_sdpa(loaded, monkeypatch):  # noqa: F811
+    model, tokenizer = loaded
+    worker = _worker_with_running_rows(model, tokenizer, CONVERSATIONS[:3], 2)
+    newcomers = [worker._start(worker.submit(*worker.prepare(m, **GREEDY))) for m in CONVERSATIONS[3:5]]
+    assert worker._can_merge(newcomers)
+    queries = 3 + sum(len(row.ids) for row in newcomers)
+    monkeypatch.setattr(serving_worker, "MERGED_PASS_MAX_SCORES", queries * (worker._mask.numel() + queries) - 1)
+    assert not worker._can_merge(newcomers)
+    monkeypatch.undo()
+    worker.merge_prompts = False
+    assert not worker._can_merge(newcomers)
+    worker.merge_prompts = True
+    monkeypatch.setattr(model.config, "_attn_implementation", "eager")
+    assert not worker._can_merge(newcomers)  # the pass's mask is sdpa's boolean one

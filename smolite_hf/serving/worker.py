@@ -1,7 +1,9 @@
 """The generation worker of `smolite serve`: one thread owns the model and decodes every running request together.
 
-Each step runs one forward pass for all running sequences (left-padded, one shared `DynamicCache`), plus one for the
-requests admitted in that step (their prompts, left-padded together), whose caches then join the batch; the output
+Each step runs one forward pass for all running sequences (left-padded, one shared `DynamicCache`); the prompts of
+the requests admitted in that step go through the same pass (`_decode_and_prefill`: one packed sequence against the
+running rows' cache laid end to end, each token masked to its own row), or, with no batch running or past
+`MERGED_PASS_MAX_SCORES`, through one of their own (left-padded together), and their caches join the batch; the output
 head's product runs through oneDNN with the weight laid out for it once (`OutputHead`, faster on the CPU). Sequences
 leave the batch as soon as they finish or their client goes away. The choice of each next token is the request's
 own, made with the logits processors `generate()` builds from the request's `GenerationConfig`
@@ -541,6 +543,61 @@ class OutputHead:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# the cache of a merged pass
+
+# The newcomers' prompts share the running rows' decoding pass (`BatchedGenerator._decode_and_prefill`) while its
+# attention, dense over every row's cached positions, has at most this many scores a head (8 quickstart rows with
+# 100 positions each and two prompts of 40: 88 x 888); beyond, the prompts take a pass of their own.
+MERGED_PASS_MAX_SCORES = 2**17
+
+
+def _flatten_rows(states: torch.Tensor) -> torch.Tensor:
+    """`(B, heads, W, head_dim)` as one sequence of the rows one after the other: `(1, heads, B * W, head_dim)`."""
+    rows, heads, width, head_dim = states.shape
+    return states.transpose(0, 1).reshape(1, heads, rows * width, head_dim)
+
+
+def _unflatten_rows(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows `(B, heads, W, head_dim)` of the one sequence `states` `(1, heads, T, head_dim)`: row `b` holds the
+    positions `index[b]` `(B, W)`. (A strided view: the next step's `torch.cat` onto it makes it contiguous.)"""
+    rows, width = index.shape
+    picked = states[0].index_select(1, index.reshape(-1))  # (heads, B * W, head_dim)
+    return picked.view(states.shape[1], rows, width, states.shape[-1]).transpose(0, 1)
+
+
+def _merged_layout(real: np.ndarray, lengths: list[int]):
+    """The bookkeeping of a merged pass (`BatchedGenerator._decode_and_prefill`) for running rows whose cache
+    positions are `real` `(B, W)` (True: a token, False: left padding) and prompts of `lengths`:
+
+    - `attention` `(N, B * W + N)`, the pass's mask: its `N = B + sum(lengths)` tokens (each running row's last,
+      then each prompt's) against the flattened cache and themselves — each token sees its own row's tokens, a
+      prompt's only up to itself;
+    - `index` `(B + n, W2)` and `real` `(B + n, W2)`: which positions of the flattened cache after the pass make
+      each row of the batch's cache, `W2 = max(W + 1, max(lengths))` wide and left-padded, and which of them are
+      tokens;
+    - `last`: where each row's last token is among the pass's `N`.
+    """
+    running, width = real.shape
+    old, new = running * width, running + sum(lengths)
+    token_row = np.concatenate([np.arange(running), np.repeat(np.arange(running, running + len(lengths)), lengths)])
+    key_row = np.concatenate([np.repeat(np.arange(running), width), token_row])
+    key_real = np.concatenate([real.reshape(-1), np.ones(new, dtype=bool)])
+    key_at = np.arange(old + new)
+    attention = (token_row[:, None] == key_row) & key_real & (key_at <= key_at[old:, None])
+    new_width = max(width + 1, max(lengths))
+    index = np.zeros((running + len(lengths), new_width), dtype=np.int64)  # padding: position 0, never attended
+    kept = np.zeros(index.shape, dtype=bool)
+    pad = new_width - width - 1
+    index[:running, pad:-1], kept[:running, pad:-1] = np.arange(old).reshape(running, width), real
+    index[:running, -1], kept[:running, -1] = old + np.arange(running), True
+    starts = old + running + np.cumsum([0] + lengths[:-1])
+    for j, (start, n) in enumerate(zip(starts.tolist(), lengths)):
+        index[running + j, new_width - n :], kept[running + j, new_width - n :] = np.arange(start, start + n), True
+    last = np.concatenate([np.arange(running), starts - old + np.asarray(lengths) - 1])
+    return attention, index, kept, last
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # one running sequence
 
 # Processors that treat each row on its own whatever the other rows hold, so that requests with equal configurations
@@ -583,11 +640,13 @@ class _Sequence:
 
 
 class BatchedGenerator:
-    """Decodes up to `max_running` requests together; `max_waiting` more wait in order; more are `Overloaded`."""
+    """Decodes up to `max_running` requests together; `max_waiting` more wait in order; more are `Overloaded`.
+    `merge_prompts=False`: newcomers' prompts always take a pass of their own (`_can_merge`)."""
 
-    def __init__(self, model, tokenizer, max_running: int = 16, max_waiting: int = 32):
+    def __init__(self, model, tokenizer, max_running: int = 16, max_waiting: int = 32, merge_prompts: bool = True):
         self.model, self.tokenizer = model, tokenizer
         self.max_running, self.max_waiting = max_running, max_waiting
+        self.merge_prompts = merge_prompts
         self.stats = {"served": 0, "cancelled": 0, "failed": 0, "generated_tokens": 0}
         self._lock = threading.Condition()
         self._tokenizer_lock = threading.Lock()  # the tokenizer is used by the server's thread and this one
@@ -685,10 +744,15 @@ class BatchedGenerator:
     def _step(self, admitted: list[GenerationJob]) -> None:
         """One token for every running sequence and every newcomer: the decoder on each of the two batches, then
         one head product for all their rows (the head is read once) and one choice of tokens."""
+        newcomers = [self._start(job) for job in admitted if not self._finished_before_start(job)]
+        if self._rows and newcomers and self._can_merge(newcomers):
+            logits = self._head(self._decode_and_prefill(newcomers)).float()
+            self._choose(self._rows, logits)  # the newcomers joined the batch: they are its last rows
+            self._publish_and_retire()
+            return
         hidden = []
         if self._rows:
             hidden.append(self._decode())
-        newcomers = [self._start(job) for job in admitted if not self._finished_before_start(job)]
         if newcomers:
             prompt_hidden, cache, mask = self._prefill(newcomers)
             hidden.append(prompt_hidden)
@@ -770,6 +834,42 @@ class BatchedGenerator:
             cache=DynamicCache(config=self.model.config),
         )
         return hidden, cache, mask
+
+    def _can_merge(self, newcomers: list[_Sequence]) -> bool:
+        """Whether the newcomers' prompts go through the running rows' decoding pass (`_decode_and_prefill`): with
+        sdpa, while its attention scores number at most `MERGED_PASS_MAX_SCORES` a head."""
+        if not self.merge_prompts or self.model.config._attn_implementation != "sdpa":
+            return False
+        queries = len(self._rows) + sum(len(row.ids) for row in newcomers)
+        return queries * (self._mask.numel() + queries) <= MERGED_PASS_MAX_SCORES
+
+    def _decode_and_prefill(self, newcomers: list[_Sequence]) -> torch.Tensor:
+        """One decoder pass for a step of the running rows and the newcomers' prompts, which then join the batch:
+        the hidden states `(B + n, d)` at each row's last token.
+
+        The pass is one packed sequence: the running rows' last tokens, then each prompt. The cache is the running
+        rows' one after the other, `(1, heads, B * W, head_dim)`, and a 4-D boolean mask lets each token see only
+        its own row's real tokens (and, in a prompt, those up to itself), so each row is attended as in a pass of
+        its own. Afterwards the cache is laid out as rows again, one width, left-padded: the running rows' keys and
+        their new one, then the prompts'. On the quickstart model (3 layers, hidden 128) a decoder pass is mostly
+        Python, and this spares a second one (the prompts' own) about one step in eight at 8 clients.
+        """
+        device, rows = self.model.device, self._rows
+        lengths = [len(row.ids) for row in newcomers]
+        attention, index, real, last = _merged_layout(self._mask.bool().cpu().numpy(), lengths)
+        tokens = [row.ids[-1] for row in rows] + [t for row in newcomers for t in row.ids]
+        positions = [len(row.ids) - 1 for row in rows] + [t for n in lengths for t in range(n)]
+        for layer in self._cache.layers:  # (B, heads, W, head_dim) -> (1, heads, B * W, head_dim)
+            layer.keys, layer.values = _flatten_rows(layer.keys), _flatten_rows(layer.values)
+        outputs = self.model.get_decoder()(
+            input_ids=torch.tensor([tokens], device=device), position_ids=torch.tensor([positions], device=device),
+            attention_mask=torch.from_numpy(attention).to(device)[None, None], cache=self._cache, use_cache=True)
+        index = torch.from_numpy(index).to(device)
+        for layer in self._cache.layers:
+            layer.keys, layer.values = _unflatten_rows(layer.keys, index), _unflatten_rows(layer.values, index)
+        self._mask = torch.from_numpy(real).to(device=device, dtype=self._mask.dtype)
+        self._rows = rows + newcomers
+        return outputs.last_hidden_state[0].index_select(0, torch.from_numpy(last).to(device))
 
     def _prompt_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """The attention mask of left-padded prompts `mask` `(n, W)`. For sdpa, the 4-D boolean mask `(n, 1, W, W)`
