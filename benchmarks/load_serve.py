@@ -13,10 +13,11 @@ generated tokens/s (the usage counts over the runs' wall time, and the server's 
 in which every client has a request in flight: "while all clients wait", which leaves out the end of a run, when the
 clients have stopped sending and the last replies finish in an emptying batch), time to first content chunk and
 end-to-end latency (p50/p99), errors (a non-200 answer, an error chunk, or a stream without `[DONE]`), and the
-server's resident memory at the start and end; and the ratios batched / one-at-a-time of both, each the median of the
-rounds' ratios (each round's two runs are next to each other in time). Then, once per server, malformed requests
-(oversized query, invalid UTF-8, bad numbers, unknown fields, bad JSON) must each get a 4xx naming the field, and the
-server must still answer afterwards.
+server's resident memory at the start, the end and after each round (freed memory stays with a server, so its
+resident size climbs to its peak over the first rounds and stays there; a leak goes on climbing); and the ratios
+batched / one-at-a-time of both, each the median of the rounds' ratios (each round's two runs are next to each
+other in time). Then, once per server, malformed requests (oversized query, invalid UTF-8, bad numbers, unknown
+fields, bad JSON) must each get a 4xx naming the field, and the server must still answer afterwards.
 
 `--json` prints one JSON object as the last line (`runs`: one entry per model, mode and client count; top-level
 totals for the smoke test in `tests/test_benchmarks.py`).
@@ -233,7 +234,8 @@ def combine(parts: list[dict]) -> dict:
         "ttft_p50_s": percentile(ttft, 0.5), "ttft_p99_s": percentile(ttft, 0.99),
         "e2e_p50_s": percentile(e2e, 0.5), "e2e_p99_s": percentile(e2e, 0.99),
         "rss_mib_start": parts[0]["rss_mib_start"], "rss_mib_end": parts[-1]["rss_mib_end"],
-        "rss_mib_max": max(p["rss_mib_max"] for p in parts), "_ttft": ttft, "_e2e": e2e,
+        "rss_mib_max": max(p["rss_mib_max"] for p in parts), "rss_mib_after_rounds": [p["rss_mib_end"] for p in parts],
+        "_ttft": ttft, "_e2e": e2e,
     }
 
 
@@ -341,7 +343,8 @@ def main() -> int:
                                   f"({run['steady_tokens_per_s']:.1f} while all clients wait), "
                                   f"TTFT p50 {run['ttft_p50_s']} s p99 {run['ttft_p99_s']} s, end to end p50 "
                                   f"{run['e2e_p50_s']} s p99 {run['e2e_p99_s']} s, {run['requests']} requests, "
-                                  f"{run['errors']} errors, RSS {run['rss_mib_start']} -> {run['rss_mib_end']} MiB",
+                                  f"{run['errors']} errors, RSS {run['rss_mib_start']} -> {run['rss_mib_end']} MiB (after each round: "
+                                  f"{', '.join(f'{rss:.1f}' for rss in run['rss_mib_after_rounds'])})",
                                   flush=True)
                 for mode, server in servers.items():
                     bad += [dict(result, model=label, mode=mode) for result in malformed(server.url)]

@@ -116,6 +116,7 @@ def test_load_serve_reports_no_errors_and_every_malformed_request_refused(conver
     assert min(speedup["steady_rounds"]) <= speedup["steady_speedup"] <= max(speedup["steady_rounds"])
     for run in report["runs"]:  # the server's count over the window: tokens were generated in it
         assert run["steady_tokens_per_s"] > 0, run
+        assert len(run["rss_mib_after_rounds"]) == 2 and run["rss_mib_after_rounds"][-1] == run["rss_mib_end"], run
     assert report["malformed_requests"] >= 10
     assert report["malformed_answered_4xx_naming_the_field"] == report["malformed_requests"]
     assert report["server_alive_after"] is True
